@@ -1,0 +1,1 @@
+"""Building blocks of the nnunet-ext architectures, one concept per file."""

@@ -1,0 +1,66 @@
+"""nnU-Net's default U-Net with a case-level classification head: the early-fusion ("joint 4D") baseline.
+
+All phases enter as input channels of one encoder (early fusion), exactly as vanilla nnU-Net treats a multi-channel
+dataset; the head global-average-pools the bottleneck and applies the same MLP as the STD-Net characterization head.
+This is the "vanilla nnU-Net with a head" every classification result is compared against.
+"""
+
+from __future__ import annotations
+
+import pydoc
+
+import torch
+from torch import nn
+
+from nnunet_ext.architectures.blocks.heads import ClassificationHead, global_average_pool
+
+
+class ClassifyingUNet(nn.Module):
+    """Any dynamic-network-architectures U-Net (``PlainConvUNet``, ``ResidualEncoderUNet``) plus a class head.
+
+    Args:
+        input_channels: image channels (all phases).
+        num_classes: segmentation heads.
+        unet_class_name: dotted path of the U-Net class, as in nnU-Net plans.
+        num_cls_classes: case-level classes; 0 builds no head.
+        cls_hidden, cls_dropout: head MLP.
+        num_tabular: tabular features concatenated to the pooled bottleneck (0: none).
+        deep_supervision: nnU-Net's deep supervision switch.
+        **unet_kwargs: the plans' ``arch_kwargs`` (ops already resolved to classes).
+
+    ``forward(x)``: x (B, C, *spatial) -> segmentation logits. ``forward(x, return_heads=True, tabular=None)`` -> dict
+    with ``seg``, ``cls`` (B, num_cls_classes) and empty ``aux_losses``.
+    """
+
+    def __init__(self, input_channels: int, num_classes: int, unet_class_name: str, num_cls_classes: int,
+                 cls_hidden: int = 512, cls_dropout: float = 0.3, num_tabular: int = 0,
+                 deep_supervision: bool = True, **unet_kwargs):
+        super().__init__()
+        unet_cls = pydoc.locate(unet_class_name)
+        if unet_cls is None:
+            raise ValueError(f"cannot import U-Net class {unet_class_name!r}")
+        unet = unet_cls(input_channels=input_channels, num_classes=num_classes, deep_supervision=deep_supervision,
+                        **unet_kwargs)
+        self._unet_initialize = getattr(unet_cls, "initialize", None)
+        self.encoder = unet.encoder
+        self.decoder = unet.decoder
+        bottleneck = self.encoder.output_channels[-1]
+        self.cls_head = ClassificationHead(bottleneck, num_cls_classes, cls_hidden, cls_dropout, num_tabular) \
+            if num_cls_classes > 0 else None
+
+    def forward(self, x: torch.Tensor, return_heads: bool = False, tabular: torch.Tensor | None = None):
+        skips = self.encoder(x)
+        seg = self.decoder(skips)
+        if not return_heads:
+            return seg
+        cls = self.cls_head(global_average_pool(skips[-1]), tabular) if self.cls_head is not None else None
+        return {"seg": seg, "cls": cls, "aux_losses": {}}
+
+    def compute_conv_feature_map_size(self, input_size) -> int:
+        return int(self.encoder.compute_conv_feature_map_size(input_size)
+                   + self.decoder.compute_conv_feature_map_size(input_size))
+
+    def initialize(self, module: nn.Module) -> None:
+        """nnU-Net calls ``network.initialize(network)`` after construction: reuse the U-Net's own scheme."""
+        if self._unet_initialize is not None:
+            self._unet_initialize(module)

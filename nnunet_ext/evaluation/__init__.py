@@ -1,0 +1,1 @@
+"""Metrics, statistics and the benchmark against vanilla nnU-Net."""

@@ -1,0 +1,1 @@
+"""Inference: nnU-Net's predictor extended with case-level classification."""

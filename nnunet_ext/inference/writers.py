@@ -1,0 +1,60 @@
+"""``classification.csv`` / ``classification.json`` (and ``summary_classification.json`` when labels are known)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from nnunet_ext.data.metadata import UNLABELED, save_json_atomic
+from nnunet_ext.evaluation.classification import classification_summary
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_classification_outputs(folder: str, case_ids: Sequence[str], probs: np.ndarray,
+                                 class_names: Sequence[str], targets: Sequence[int] | None = None) -> dict | None:
+    """Write per-case probabilities; with ``targets`` also the metrics (unlabeled cases, -1, are left out).
+
+    Files: ``classification.csv`` (case_id, predicted_class, prob_<class>..., [true_class]),
+    ``classification.json`` ({case_id: {"predicted_class", "probabilities": {class: p}}}), and
+    ``summary_classification.json``. Returns the summary (or None without targets).
+    """
+    os.makedirs(folder, exist_ok=True)
+    probs = np.asarray(probs, dtype=float)
+    pred = probs.argmax(1)
+    header = ["case_id", "predicted_class"] + [f"prob_{c}" for c in class_names]
+    if targets is not None:
+        header.append("true_class")
+    tmp = os.path.join(folder, ".classification.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i, k in enumerate(case_ids):
+            row = [k, class_names[pred[i]]] + [f"{v:.6f}" for v in probs[i]]
+            if targets is not None:
+                row.append("" if targets[i] == UNLABELED else class_names[targets[i]])
+            w.writerow(row)
+    os.replace(tmp, os.path.join(folder, "classification.csv"))
+    save_json_atomic({k: {"predicted_class": class_names[pred[i]],
+                          "probabilities": dict(zip(class_names, map(float, probs[i])))}
+                      for i, k in enumerate(case_ids)}, os.path.join(folder, "classification.json"))
+    if targets is None:
+        return None
+    t = np.asarray(targets)
+    labeled = t != UNLABELED
+    summary = classification_summary(t[labeled], probs[labeled], class_names)
+    summary["n_unlabeled_excluded"] = int((~labeled).sum())
+    save_json_atomic(_json_safe(summary), os.path.join(folder, "summary_classification.json"))
+    return summary

@@ -1,0 +1,1 @@
+"""Imports every planner module so that :data:`nnunet_ext.planners.PLANNERS` is complete."""

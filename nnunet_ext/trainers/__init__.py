@@ -1,0 +1,24 @@
+"""nnunet-ext trainers. Point nnU-Net at them with ``export nnUNet_extTrainer=$(nnunet-ext trainer-path)``; then
+``nnUNetv2_train D C F -tr <name>`` and ``nnUNetv2_predict ... -tr <name>`` find every class exported here."""
+
+from __future__ import annotations
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_ext.trainers.early_fusion import EarlyFusionTrainer
+from nnunet_ext.trainers.multitask import MultiTaskTrainer
+from nnunet_ext.trainers.schedules import SCHEDULES, schedule_variants
+
+# vanilla nnU-Net with only the schedule changed (the segmentation reference on the same short schedules)
+_VARIANTS = {k: v for k, v in schedule_variants(nnUNetTrainer, EarlyFusionTrainer).items()
+             if not k.endswith(("epoch", "epochs")) or not k.startswith("nnUNetTrainer_")}
+globals().update(_VARIANTS)
+
+__all__ = ["MultiTaskTrainer", "EarlyFusionTrainer", "SCHEDULES", *sorted(_VARIANTS)]
+
+
+def trainer_discovery_path() -> str:
+    """The folder to put in ``nnUNet_extTrainer``: one shim module that re-exports the classes above."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "discovery")

@@ -1,0 +1,62 @@
+"""Training-length variants generated from a schedule table instead of hand-written copies.
+
+``<Trainer>_<schedule>`` changes nothing but the number of epochs / iterations (and, for the CPU smoke schedules,
+turns test-time mirroring off so validation stays fast). The trainer name, and thus the results folder, states the
+schedule, so a run is reproducible from its folder name alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Schedule:
+    num_epochs: int
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+    mirroring: bool = True  # test-time mirroring in the final validation and in inference
+
+
+SCHEDULES: dict[str, Schedule] = {
+    "smoke": Schedule(1, 2, 1, mirroring=False),       # CI: a couple of steps, proves the plumbing
+    "demo": Schedule(4, 12, 4, mirroring=False),        # `make demo` on a 2-core CPU
+    "1epoch": Schedule(1),
+    "5epochs": Schedule(5),
+    "10epochs": Schedule(10),
+    "20epochs": Schedule(20),
+    "50epochs": Schedule(50),
+    "100epochs": Schedule(100),
+    "250epochs": Schedule(250),
+}
+
+
+def with_schedule(base: type, schedule_name: str) -> type:
+    """Subclass ``base`` as ``<base>_<schedule_name>`` with the schedule's epochs and iterations."""
+    sched = SCHEDULES[schedule_name]
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        base.__init__(self, plans, configuration, fold, dataset_json, device)
+        self.num_epochs = sched.num_epochs
+        self.num_iterations_per_epoch = sched.iterations_per_epoch
+        self.num_val_iterations_per_epoch = sched.val_iterations_per_epoch
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        out = base.configure_rotation_dummyDA_mirroring_and_inital_patch_size(self)
+        if not sched.mirroring:
+            self.inference_allowed_mirroring_axes = None
+        return out
+
+    name = f"{base.__name__}_{schedule_name}"
+    return type(name, (base,), {"__init__": __init__, "__module__": "nnunet_ext.trainers", "__qualname__": name,
+                                "configure_rotation_dummyDA_mirroring_and_inital_patch_size":
+                                    configure_rotation_dummyDA_mirroring_and_inital_patch_size,
+                                "__doc__": f"{base.__name__} with schedule {schedule_name!r}: {sched}."})
+
+
+def schedule_variants(*bases: type) -> dict[str, type]:
+    """All schedule variants of ``bases`` by class name, for a module's globals()."""
+    return {f"{b.__name__}_{s}": with_schedule(b, s) for b in bases for s in SCHEDULES}
