@@ -1,0 +1,77 @@
+"""Shared fixtures. nnU-Net reads its folders from environment variables at call time, so one session-wide set of
+folders serves every test; each test module uses its own dataset ids (see ``DATASET_IDS``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data" / "real"
+
+# dataset-id ranges per test area, so parallel-developed tests never collide in the shared nnU-Net folders
+DATASET_IDS = {"foundation": range(900, 920), "conversion": range(920, 950), "synthetic": range(950, 970),
+               "evaluation": range(970, 990), "stdnet": range(990, 1000), "examples": range(880, 900)}
+
+NNUNET_TEST_ENV = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "f",
+                   "OMP_NUM_THREADS": "2", "MPLBACKEND": "agg"}
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """``../shared/data/real``: small real CT/MRI/DICOM files (read-only; copy before writing)."""
+    assert REAL_DATA.is_dir(), f"real test data not found at {REAL_DATA}"
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def nnunet_dirs(tmp_path_factory):
+    """Session-wide nnUNet_raw / nnUNet_preprocessed / nnUNet_results and CPU-friendly nnU-Net settings."""
+    from nnunet_ext.trainers import trainer_discovery_path
+
+    root = tmp_path_factory.mktemp("nnunet")
+    env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
+           "nnUNet_results": str(root / "results"), "nnUNet_extTrainer": trainer_discovery_path(),
+           **NNUNET_TEST_ENV}
+    for k in ("raw", "preprocessed", "results"):
+        (root / k).mkdir()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield {k: Path(v) for k, v in env.items() if k.startswith("nnUNet_") and k != "nnUNet_extTrainer"}
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_multiphase(nnunet_dirs):
+    """Dataset900: 10 tiny 3-phase cases (16x32x32, one unlabeled), planned and preprocessed (3d_fullres) with
+    nnU-Net's default planner. Returns its id, name and folders. Treat it as read-only."""
+    from nnunet_ext.data.fixtures import make_tiny_multiphase_dataset
+    from nnunet_ext.planners.api import plan_and_preprocess
+
+    raw = make_tiny_multiphase_dataset(str(nnunet_dirs["nnUNet_raw"]), 900, n_cases=10, n_unlabeled=1)
+    plan_and_preprocess(900, "ExperimentPlanner", ("3d_fullres",), num_processes=1)
+    name = os.path.basename(raw)
+    return {"id": 900, "name": name, "raw": Path(raw), "preprocessed": nnunet_dirs["nnUNet_preprocessed"] / name,
+            "results": nnunet_dirs["nnUNet_results"] / name}
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    """Copy a file or folder into this test's tmp dir: ``copy_of(real_data / 'ct_abdomen')``."""
+
+    def _copy(src: Path) -> Path:
+        dst = tmp_path / Path(src).name
+        if Path(src).is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy2(src, dst)
+        return dst
+
+    return _copy
