@@ -22,6 +22,7 @@ class Schedule:
 
 SCHEDULES: dict[str, Schedule] = {
     "smoke": Schedule(1, 2, 1, mirroring=False),       # CI: a couple of steps, proves the plumbing
+    "smoke3": Schedule(3, 4, 1, mirroring=False),      # CI: three short epochs (kill-and-resume tests)
     "demo": Schedule(4, 12, 4, mirroring=False),        # `make demo` on a 2-core CPU
     "1epoch": Schedule(1),
     "5epochs": Schedule(5),

@@ -1,0 +1,107 @@
+"""One real round trip through the stock nnU-Net console scripts (subprocesses, not imports): plan and preprocess,
+train a few iterations with our baseline trainer, predict with `nnunet-ext predict` and with `nnUNetv2_predict`;
+and a training killed mid-run that resumes with `--c`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nnunet_ext.data.fixtures import make_tiny_multiphase_dataset
+
+BIN = Path(sys.executable).parent
+DATASET = 902
+
+
+def run(cmd: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def stock_env(nnunet_dirs):
+    env = dict(os.environ)
+    env.pop("nnUNet_extTrainer", None)
+    trainer_path = run([str(BIN / "nnunet-ext"), "trainer-path"], env).stdout.strip()
+    env["nnUNet_extTrainer"] = trainer_path  # the one documented step
+    raw = make_tiny_multiphase_dataset(str(nnunet_dirs["nnUNet_raw"]), DATASET, n_cases=6, name="StockRoundTrip")
+    ts = Path(raw) / "imagesTs"
+    ts.mkdir()
+    for f in sorted((Path(raw) / "imagesTr").glob("case_00[01]_*")):
+        shutil.copy(f, ts / f.name)
+    # stock planning runs nnU-Net's VRAM estimate with torch.set_num_threads(nnUNet_n_proc_DA): needs >= 1
+    run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET), "-c", "3d_fullres", "-np", "1",
+         "--verify_dataset_integrity"], {**env, "nnUNet_n_proc_DA": "1"})
+    return {"env": env, "raw": Path(raw), "ts": ts, "results": nnunet_dirs["nnUNet_results"]}
+
+
+def test_stock_train_and_predict(stock_env, tmp_path):
+    env = stock_env["env"]
+    run([str(BIN / "nnUNetv2_train"), str(DATASET), "3d_fullres", "0", "-tr", "EarlyFusionTrainer_smoke",
+         "-device", "cpu"], env)
+    model = next(stock_env["results"].glob(f"Dataset{DATASET}_*")) / "EarlyFusionTrainer_smoke__nnUNetPlans__3d_fullres"
+    assert (model / "fold_0" / "checkpoint_final.pth").is_file()
+    assert (model / "fold_0" / "validation" / "summary_classification.json").is_file()
+
+    out = tmp_path / "ext"
+    run([str(BIN / "nnunet-ext"), "predict", "-i", str(stock_env["ts"]), "-o", str(out), "-d", str(DATASET),
+         "-c", "3d_fullres", "-tr", "EarlyFusionTrainer_smoke", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"],
+        env)
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_000.nii.gz", "case_001.nii.gz"]
+    rows = (out / "classification.csv").read_text().strip().splitlines()
+    assert rows[0] == "case_id,predicted_class,prob_washout,prob_progressive,prob_nonenhancing"
+    assert [r.split(",")[0] for r in rows[1:]] == ["case_000", "case_001"]
+    for r in rows[1:]:
+        assert abs(sum(float(v) for v in r.split(",")[2:]) - 1) < 1e-4
+    cls = json.loads((out / "classification.json").read_text())
+    assert set(cls["case_000"]["probabilities"]) == {"washout", "progressive", "nonenhancing"}
+
+    stock = tmp_path / "stock"
+    run([str(BIN / "nnUNetv2_predict"), "-i", str(stock_env["ts"]), "-o", str(stock), "-d", str(DATASET),
+         "-c", "3d_fullres", "-tr", "EarlyFusionTrainer_smoke", "-f", "0", "-device", "cpu", "--disable_tta",
+         "-npp", "1", "-nps", "1"], env)
+    assert sorted(p.name for p in stock.glob("*.nii.gz")) == ["case_000.nii.gz", "case_001.nii.gz"]
+
+
+def test_killed_training_resumes_with_c(stock_env):
+    env = stock_env["env"]
+    cmd = [str(BIN / "nnUNetv2_train"), str(DATASET), "3d_fullres", "1", "-tr", "EarlyFusionTrainer_smoke3",
+           "-device", "cpu"]
+    fold = (stock_env["results"] / f"Dataset{DATASET:03d}_StockRoundTrip"
+            / "EarlyFusionTrainer_smoke3__nnUNetPlans__3d_fullres" / "fold_1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (fold / "checkpoint_latest.pth").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (fold / "checkpoint_final.pth").exists(), "training finished before it could be killed"
+    import torch
+
+    epoch_at_kill = torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"]
+    assert 1 <= epoch_at_kill < 3
+    run(cmd + ["--c"], env)
+    final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    logs = final["logging"]
+    assert len(logs["train_losses"]) == 3 and len(logs["cls_val_auc"]) == 3
+    log_files = sorted(fold.glob("training_log_*.txt"))
+    assert any("Epoch 2" in f.read_text() for f in log_files)
+
+
+def test_external_planner_through_our_cli(stock_env):
+    env = stock_env["env"]
+    run([str(BIN / "nnunet-ext"), "plan-and-preprocess", "-d", str(DATASET), "-pl", "nnUNetPlannerResEncM",
+         "-c", "3d_fullres", "-np", "1"], env)
+    pre = Path(env["nnUNet_preprocessed"]) / f"Dataset{DATASET:03d}_StockRoundTrip"
+    assert (pre / "nnUNetResEncUNetMPlans.json").is_file()
+    splits = json.loads((pre / "splits_final.json").read_text())
+    assert len(splits) == 5

@@ -1,0 +1,143 @@
+"""The multi-task trainer base, exercised through the early-fusion baseline on the tiny dataset."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_ext.data.metadata import DatasetMetadata
+
+
+def make_trainer(dataset, trainer="EarlyFusionTrainer_smoke", fold=0, plans="nnUNetPlans"):
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from nnunet_ext.trainers.run import ensure_trainer_path
+
+    ensure_trainer_path()
+    return get_trainer_from_args(str(dataset["id"]), "3d_fullres", fold, trainer, plans,
+                                 device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("n_proc_da", ["0", "2"])
+def test_batches_carry_case_targets_aligned_with_keys(tiny_multiphase, monkeypatch, n_proc_da):
+    monkeypatch.setenv("nnUNet_n_proc_DA", n_proc_da)
+    tr = make_trainer(tiny_multiphase)
+    tr.initialize()
+    dl_tr, dl_val = tr.get_dataloaders()
+    md = tr.metadata
+    expected_type = "SingleThreadedAugmenter" if n_proc_da == "0" else "NonDetMultiThreadedAugmenter"
+    assert type(dl_tr).__name__ == expected_type
+    try:
+        for loader in (dl_tr, dl_val):
+            for _ in range(3):
+                batch = next(loader)
+                keys = list(batch["keys"])
+                assert batch["class_target"].tolist() == md.class_targets(keys).tolist()
+                assert torch.allclose(batch["tabular"], torch.from_numpy(md.tabular_matrix(keys)))
+                assert batch["data"].shape[0] == len(keys)
+    finally:
+        for loader in (dl_tr, dl_val):
+            if hasattr(loader, "_finish"):
+                loader._finish()
+
+
+def test_train_step_combines_losses_and_trains_the_head(tiny_multiphase):
+    tr = make_trainer(tiny_multiphase)
+    tr.initialize()
+    dl_tr, _ = tr.get_dataloaders()
+    head_before = [p.detach().clone() for p in tr.network.cls_head.parameters()]
+    batch = next(dl_tr)
+    batch["class_target"][:] = torch.tensor([0, 1])[: len(batch["keys"])]
+    out = tr.train_step(batch)
+    assert {"loss", "seg_loss"} <= set(out)
+    # the patch covers the whole tiny volume, so every sample shows its lesion and CE contributes
+    np.testing.assert_allclose(out["loss"], out["seg_loss"] + tr.cls_loss_weight * out["cls_loss"], rtol=1e-5)
+    assert out["cls_loss"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, tr.network.cls_head.parameters()))
+
+
+def test_classification_loss_ignores_unlabeled_and_lesion_free_patches(tiny_multiphase):
+    tr = make_trainer(tiny_multiphase)
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0]], requires_grad=True)
+    target = torch.tensor([0, -1, 0])
+    lesion = torch.tensor([True, True, False])
+    loss = tr.classification_loss(logits, target, lesion)
+    expected = torch.nn.functional.cross_entropy(logits[:1], target[:1])
+    assert torch.isclose(loss, expected)
+    none = tr.classification_loss(logits, torch.tensor([-1, -1, -1]), lesion)
+    assert none.item() == 0.0 and none.requires_grad  # still attached: DDP sees every head parameter
+
+
+def test_trainer_without_classes_fails_clearly(tiny_multiphase, tmp_path):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_ext.trainers import EarlyFusionTrainer
+
+    plans = PlansManager(str(tiny_multiphase["preprocessed"] / "nnUNetPlans.json")).plans
+    plans["continue_training"] = False
+    dj = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".nii.gz"}
+    with pytest.raises(RuntimeError, match="declares no classes"):
+        EarlyFusionTrainer(plans, "3d_fullres", 0, dj, torch.device("cpu"))
+
+
+def test_checkpoint_write_is_atomic(tiny_multiphase, monkeypatch):
+    tr = make_trainer(tiny_multiphase, fold=1)
+    tr.initialize()
+    path = os.path.join(tr.output_folder, "checkpoint_latest.pth")
+    tr.save_checkpoint(path)
+    good = torch.load(path, weights_only=False)
+
+    def dying_save(obj, f, *a, **k):  # writes half a file, then the process "dies"
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 truncated")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        tr.save_checkpoint(path)
+    monkeypatch.undo()
+    again = torch.load(path, weights_only=False)
+    assert again["current_epoch"] == good["current_epoch"]
+    assert all(torch.equal(again["network_weights"][k], v) for k, v in good["network_weights"].items())
+    assert not [f for f in os.listdir(tr.output_folder) if ".tmp" in f]
+
+
+def test_resume_restores_heads_optimizer_and_logs(tiny_multiphase):
+    tr = make_trainer(tiny_multiphase, fold=2)
+    tr.num_epochs = 1
+    tr.run_training()
+    final = os.path.join(tr.output_folder, "checkpoint_final.pth")
+    saved = torch.load(final, weights_only=False)
+
+    tr2 = make_trainer(tiny_multiphase, fold=2)
+    tr2.num_epochs = 2
+    tr2.load_checkpoint(final)
+    state = tr2.network.state_dict()
+    assert any(k.startswith("cls_head.") for k in saved["network_weights"])
+    assert all(torch.equal(state[k], v) for k, v in saved["network_weights"].items())
+    opt = tr2.optimizer.state_dict()["state"]
+    assert opt and all(torch.equal(opt[i]["momentum_buffer"], saved["optimizer_state"]["state"][i]["momentum_buffer"])
+                       for i in opt)
+    assert len(tr2.logger.get_value("cls_val_auc", None)) == 1
+    tr2.run_training()
+    for key in ("cls_train_losses", "cls_val_loss", "cls_val_accuracy", "train_losses"):
+        assert len(tr2.logger.get_value(key, None)) == 2
+    assert os.path.isfile(os.path.join(tr2.output_folder, "progress_classification.png"))
+
+
+def test_metadata_travels_to_preprocessed_and_results(tiny_multiphase):
+    import json
+
+    tr = make_trainer(tiny_multiphase, fold=2)
+    pre = json.load(open(tiny_multiphase["preprocessed"] / "dataset.json"))
+    res = json.load(open(os.path.join(tr.output_folder_base, "dataset.json")))
+    plans = json.load(open(os.path.join(tr.output_folder_base, "plans.json")))
+    for dj in (pre, res):
+        assert DatasetMetadata.from_dataset_json(dj).class_names == ["washout", "progressive", "nonenhancing"]
+    assert plans["nnunet_ext"]["class_names"] == ["washout", "progressive", "nonenhancing"]
+    data_folder = tiny_multiphase["preprocessed"] / "nnUNetPlans_3d_fullres"
+    endings = {f.split(".", 1)[1] for f in os.listdir(data_folder)}
+    assert endings <= {"b2nd", "pkl"}, f"unexpected files in the data folder: {endings}"
