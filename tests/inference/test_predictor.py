@@ -1,0 +1,99 @@
+"""Case-level aggregation over sliding-window patches: lesion-weighted, robust to lesion-free patches,
+averaged over folds; and clear errors for inputs that do not match the model."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nnunet_ext.architectures.base import PLANS_KEY
+from nnunet_ext.inference.predict import InputError, check_input_folder
+from nnunet_ext.inference.predictor import ClassifyingPredictor
+
+
+class LesionVoter(nn.Module):
+    """Segments voxels > 5 in channel 0 as lesion (label 2); votes class 1 for patches that contain lesion and
+    class 0 (strongly) for patches that do not. ``shift`` lets two "folds" disagree."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x, return_heads=False):
+        lesion = (x[:, :1] > 5).float()
+        seg = torch.cat([torch.zeros_like(lesion), torch.zeros_like(lesion), 40 * lesion - 20], 1)
+        if not return_heads:
+            return seg
+        has = lesion.flatten(1).amax(1)
+        cls = torch.stack([8 * (1 - has), 8 * has, torch.zeros_like(has)], 1) + self.shift
+        return {"seg": seg, "cls": cls, "aux_losses": {}}
+
+
+@pytest.fixture
+def predictor(tiny_multiphase):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = copy.deepcopy(PlansManager(str(tiny_multiphase["preprocessed"] / "nnUNetPlans.json")).plans)
+    plans[PLANS_KEY] = {"num_cls_classes": 3, "class_names": ["a", "b", "c"], "lesion_labels": [2]}
+    pm = PlansManager(plans)
+    dj = json.load(open(tiny_multiphase["preprocessed"] / "dataset.json"))
+    p = ClassifyingPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                             perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    p.manual_initialization(LesionVoter(), pm, pm.get_configuration("3d_fullres"), None, dj, "test", None)
+    return p
+
+
+def _volume(with_lesion: bool) -> torch.Tensor:
+    x = torch.zeros(3, 16, 64, 64)  # 16x32x32 patches at step 0.5: 3x3 = 9 patches
+    if with_lesion:
+        x[0, 6:9, 52:56, 52:56] = 10.0  # a small lesion in one corner: 1 of 9 patches holds it fully
+    return x
+
+
+def test_lesion_patches_decide_the_case(predictor):
+    probs = predictor.classify_preprocessed(_volume(True))
+    assert len(predictor._fold_probs) == 1
+    assert probs.argmax() == 1 and probs[1] > 0.9, probs
+    # the plain mean over patches would have said class 0: most patches hold no lesion
+    assert probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_no_predicted_lesion_falls_back_to_the_patch_mean(predictor):
+    probs = predictor.classify_preprocessed(_volume(False))
+    assert probs.argmax() == 0 and probs[0] > 0.99
+
+
+def test_fold_ensemble_averages_probabilities(predictor):
+    sd_a = {"shift": torch.tensor([0.0, 0.0, 0.0])}
+    sd_b = {"shift": torch.tensor([0.0, -8.0, 16.0])}  # fold b votes class 2 everywhere
+    predictor.list_of_parameters = [sd_a, sd_b]
+    single = []
+    for sd in (sd_a, sd_b):
+        predictor.network.load_state_dict(sd)
+        single.append(predictor.classify_preprocessed(_volume(True)))
+    predictor._current_case = "case"
+    predictor.predict_logits_from_preprocessed_data(_volume(True))
+    np.testing.assert_allclose(predictor.case_probabilities["case"], np.mean(single, axis=0), atol=1e-6)
+
+
+def test_channel_count_mismatch_names_the_case(tiny_multiphase, tmp_path):
+    dj = json.load(open(tiny_multiphase["preprocessed"] / "dataset.json"))
+    src = tiny_multiphase["raw"] / "imagesTr"
+    for f in sorted(src.glob("case_00[01]_*")):
+        shutil.copy(f, tmp_path / f.name)
+    assert check_input_folder(str(tmp_path), dj) == ["case_000", "case_001"]
+    (tmp_path / "case_001_0002.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"case_001: channels \[0, 1\]"):
+        check_input_folder(str(tmp_path), dj)
+    shutil.copy(tmp_path / "case_000_0000.nii.gz", tmp_path / "case_000_0003.nii.gz")
+    with pytest.raises(InputError, match="expects 3 channel"):
+        check_input_folder(str(tmp_path), dj)
+    (tmp_path / "stray.nii.gz").write_bytes(b"")
+    with pytest.raises(InputError, match="stray.nii.gz"):
+        check_input_folder(str(tmp_path), dj)
