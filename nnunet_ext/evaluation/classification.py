@@ -1,6 +1,8 @@
 """Case-level classification metrics (accuracy, one-vs-rest AUC, weighted P/R/F1, top-k, confusion matrix).
 
-Thin, documented wrappers over scikit-learn so that every number in a report comes from one place.
+Thin, documented wrappers over scikit-learn so that every number in a report comes from one place, plus the
+vectorised bootstrap of accuracy and macro AUC used by ``nnunet-ext benchmark``/``robustness`` (the same macro rule,
+:func:`macro_auc`, everywhere).
 """
 
 from __future__ import annotations
@@ -28,6 +30,61 @@ def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
     return float(np.mean([y in row for y, row in zip(y_true, top)]))
 
 
+def macro_auc(aucs) -> np.ndarray | float:
+    """The macro one-vs-rest AUC from per-class AUCs (..., K), NaN for absent classes: for two classes the AUC of
+    class 1; otherwise the mean over the finite per-class AUCs, NaN when fewer than two are finite."""
+    a = np.asarray(aucs, dtype=float)
+    if a.shape[-1] == 2:
+        out = a[..., 1]
+    else:
+        finite = np.isfinite(a)
+        count = finite.sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(count >= 2, np.where(finite, a, 0.0).sum(-1) / count, np.nan)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def _ovr_aucs(y: np.ndarray, probs: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per-class one-vs-rest AUCs (B, K) of the case resamples ``idx`` (B, N)."""
+    from nnunet_ext.evaluation.statistics import rank_auc
+
+    return np.stack([rank_auc(y[idx] == c, probs[idx, c]) for c in range(probs.shape[1])], axis=-1)
+
+
+def bootstrap_classification(y_true: Sequence[int], probs: np.ndarray, n_boot: int | None = None,
+                             seed: int | None = None) -> dict:
+    """Bootstrap intervals (resampling cases) of accuracy, macro AUC and each per-class AUC of one classifier:
+    labels (N,), probabilities (N, K). Returns {"accuracy": Interval, "auc_ovr_macro": Interval,
+    "auc_per_class": [Interval] * K}."""
+    from nnunet_ext.evaluation import statistics as st
+
+    y, p = np.asarray(y_true, dtype=int), np.asarray(probs, dtype=float)
+    n_boot = st.DEFAULT_N_BOOTSTRAP if n_boot is None else n_boot
+    seed = st.DEFAULT_SEED if seed is None else seed
+    correct = (p.argmax(1) == y).astype(float)
+    out = {"accuracy": st.bootstrap(lambda idx: correct[idx].mean(1), len(y), n_boot, seed),
+           "auc_ovr_macro": st.bootstrap(lambda idx: macro_auc(_ovr_aucs(y, p, idx)), len(y), n_boot, seed)}
+    out["auc_per_class"] = [st.bootstrap(lambda idx, c=c: st.rank_auc(y[idx] == c, p[idx, c]), len(y), n_boot, seed)
+                            for c in range(p.shape[1])]
+    return out
+
+
+def paired_bootstrap_classification(y_true: Sequence[int], probs_a: np.ndarray, probs_b: np.ndarray,
+                                    n_boot: int | None = None, seed: int | None = None) -> dict:
+    """Paired bootstrap of the differences a - b in accuracy and macro AUC on the same cases (N,), (N, K) x 2.
+    Returns {"accuracy": Interval, "auc_ovr_macro": Interval} (``Interval.p_value`` is the bootstrap p-value)."""
+    from nnunet_ext.evaluation import statistics as st
+
+    y = np.asarray(y_true, dtype=int)
+    pa, pb = np.asarray(probs_a, dtype=float), np.asarray(probs_b, dtype=float)
+    n_boot = st.DEFAULT_N_BOOTSTRAP if n_boot is None else n_boot
+    seed = st.DEFAULT_SEED if seed is None else seed
+    d_correct = (pa.argmax(1) == y).astype(float) - (pb.argmax(1) == y).astype(float)
+    return {"accuracy": st.bootstrap(lambda idx: d_correct[idx].mean(1), len(y), n_boot, seed),
+            "auc_ovr_macro": st.bootstrap(
+                lambda idx: macro_auc(_ovr_aucs(y, pa, idx)) - macro_auc(_ovr_aucs(y, pb, idx)), len(y), n_boot, seed)}
+
+
 def classification_summary(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str]) -> dict:
     """All case-level metrics for labels ``y_true`` (N,) and class probabilities ``probs`` (N, K).
 
@@ -40,11 +97,7 @@ def classification_summary(y_true: Sequence[int], probs: np.ndarray, class_names
     k = len(class_names)
     pred = p.argmax(1)
     aucs = per_class_auc(y, p)
-    finite = [a for a in aucs if not math.isnan(a)]
-    if k == 2:
-        macro = aucs[1]
-    else:
-        macro = float(np.mean(finite)) if len(finite) >= 2 else math.nan
+    macro = macro_auc(aucs) if k >= 2 else math.nan
     prec, rec, f1, _ = precision_recall_fscore_support(y, pred, labels=list(range(k)), average="weighted",
                                                        zero_division=0)
     return {

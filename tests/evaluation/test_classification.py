@@ -1,0 +1,75 @@
+"""Classification metrics against scikit-learn, and the bootstrap built on them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score, top_k_accuracy_score
+
+from nnunet_ext.evaluation.classification import (
+    bootstrap_classification,
+    classification_summary,
+    macro_auc,
+    paired_bootstrap_classification,
+)
+
+NAMES = ["a", "b", "c"]
+
+
+def _data(n=90, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y, p
+
+
+def test_summary_matches_sklearn():
+    y, p = _data()
+    s = classification_summary(y, p, NAMES)
+    pred = p.argmax(1)
+    assert s["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert s["auc_ovr_macro"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    for c, name in enumerate(NAMES):
+        assert s["auc_per_class"][name] == pytest.approx(roc_auc_score(y == c, p[:, c]))
+    assert s["f1_weighted"] == pytest.approx(f1_score(y, pred, average="weighted"))
+    assert s["precision_weighted"] == pytest.approx(precision_score(y, pred, average="weighted", zero_division=0))
+    assert s["recall_weighted"] == pytest.approx(recall_score(y, pred, average="weighted"))
+    assert s["top_k_accuracy"]["2"] == pytest.approx(top_k_accuracy_score(y, p, k=2, labels=[0, 1, 2]))
+
+
+def test_binary_macro_auc_is_the_auc_of_class_1():
+    y, p = _data(k=2, seed=1)
+    s = classification_summary(y, p, ["neg", "pos"])
+    assert s["auc_ovr_macro"] == pytest.approx(roc_auc_score(y, p[:, 1]))
+
+
+def test_macro_rule_vectorised():
+    assert macro_auc([0.8, math.nan, 0.6]) == pytest.approx(0.7)
+    assert math.isnan(macro_auc([0.8, math.nan, math.nan]))
+    out = macro_auc(np.array([[0.8, math.nan, 0.6], [0.5, 0.7, 0.9]]))
+    assert out == pytest.approx([0.7, 0.7])
+
+
+def test_bootstrap_point_estimates_equal_the_summary():
+    y, p = _data(n=60, seed=2)
+    s = classification_summary(y, p, NAMES)
+    iv = bootstrap_classification(y, p, n_boot=300)
+    assert iv["accuracy"].estimate == pytest.approx(s["accuracy"])
+    assert iv["auc_ovr_macro"].estimate == pytest.approx(s["auc_ovr_macro"])
+    assert iv["auc_ovr_macro"].low <= s["auc_ovr_macro"] <= iv["auc_ovr_macro"].high
+    for c, name in enumerate(NAMES):
+        assert iv["auc_per_class"][c].estimate == pytest.approx(s["auc_per_class"][name])
+
+
+def test_paired_bootstrap_of_a_better_classifier():
+    y, p = _data(n=120, seed=3)
+    rng = np.random.default_rng(4)
+    worse = 0.5 * p + 0.5 * rng.dirichlet(np.ones(3), len(y))
+    d = paired_bootstrap_classification(y, p, worse, n_boot=500)
+    sa, sb = classification_summary(y, p, NAMES), classification_summary(y, worse, NAMES)
+    assert d["auc_ovr_macro"].estimate == pytest.approx(sa["auc_ovr_macro"] - sb["auc_ovr_macro"])
+    assert d["accuracy"].estimate == pytest.approx(sa["accuracy"] - sb["accuracy"])
+    assert d["auc_ovr_macro"].low > 0 and d["auc_ovr_macro"].p_value < 0.05
