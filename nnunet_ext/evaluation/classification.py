@@ -44,7 +44,7 @@ def macro_auc(aucs) -> np.ndarray | float:
     return float(out) if np.ndim(out) == 0 else out
 
 
-def _ovr_aucs(y: np.ndarray, probs: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def ovr_aucs(y: np.ndarray, probs: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Per-class one-vs-rest AUCs (B, K) of the case resamples ``idx`` (B, N)."""
     from nnunet_ext.evaluation.statistics import rank_auc
 
@@ -63,7 +63,7 @@ def bootstrap_classification(y_true: Sequence[int], probs: np.ndarray, n_boot: i
     seed = st.DEFAULT_SEED if seed is None else seed
     correct = (p.argmax(1) == y).astype(float)
     out = {"accuracy": st.bootstrap(lambda idx: correct[idx].mean(1), len(y), n_boot, seed),
-           "auc_ovr_macro": st.bootstrap(lambda idx: macro_auc(_ovr_aucs(y, p, idx)), len(y), n_boot, seed)}
+           "auc_ovr_macro": st.bootstrap(lambda idx: macro_auc(ovr_aucs(y, p, idx)), len(y), n_boot, seed)}
     out["auc_per_class"] = [st.bootstrap(lambda idx, c=c: st.rank_auc(y[idx] == c, p[idx, c]), len(y), n_boot, seed)
                             for c in range(p.shape[1])]
     return out
@@ -82,7 +82,7 @@ def paired_bootstrap_classification(y_true: Sequence[int], probs_a: np.ndarray, 
     d_correct = (pa.argmax(1) == y).astype(float) - (pb.argmax(1) == y).astype(float)
     return {"accuracy": st.bootstrap(lambda idx: d_correct[idx].mean(1), len(y), n_boot, seed),
             "auc_ovr_macro": st.bootstrap(
-                lambda idx: macro_auc(_ovr_aucs(y, pa, idx)) - macro_auc(_ovr_aucs(y, pb, idx)), len(y), n_boot, seed)}
+                lambda idx: macro_auc(ovr_aucs(y, pa, idx)) - macro_auc(ovr_aucs(y, pb, idx)), len(y), n_boot, seed)}
 
 
 def classification_summary(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str]) -> dict:
