@@ -83,8 +83,7 @@ def make_msd_task(root: Path, task: str = "Task03_Liver", n_train: int = 3, n_te
     for n in range(n_train + n_test):
         ct, seg = tiny_liver(shape, seed=n)
         if len(modalities) > 1:
-            img = sitk.GetImageFromArray(np.stack([ct + 10 * c for c in range(len(modalities))]).astype(np.float32))
-            img.SetSpacing(SPACING + (1.0,))
+            img = sitk.JoinSeries([to_image((ct + 10 * c).astype(np.float32)) for c in range(len(modalities))])
         else:
             img = to_image(ct)
         sub = "imagesTr" if n < n_train else "imagesTs"
