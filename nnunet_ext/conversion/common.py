@@ -141,7 +141,7 @@ def read_image(path: str | os.PathLike, case: str, what: str = "image") -> sitk.
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
-        raise ConversionError(f"case {case!r}: cannot read {what} {path} ({_first_line(e)}). The file is corrupt or "
+        raise ConversionError(f"case {case!r}: cannot read {what} {path} ({error_summary(e)}). The file is corrupt or "
                               "not an image. Fix: re-download or re-export it, or pass --skip-invalid to leave the "
                               "case out.") from e
 
@@ -176,7 +176,7 @@ def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
-def _first_line(e: BaseException) -> str:
+def error_summary(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     tail = [ln for ln in lines if "error" in ln.lower() or "exception" in ln.lower()]
     return (tail[-1] if tail else lines[-1] if lines else type(e).__name__)[:300]
@@ -541,7 +541,7 @@ def image_header(path: str | os.PathLike, case: str, what: str = "image") -> sit
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise ConversionError(f"case {case!r}: cannot read {what} {path} ({_first_line(e)}). The file is corrupt or "
+        raise ConversionError(f"case {case!r}: cannot read {what} {path} ({error_summary(e)}). The file is corrupt or "
                               "not an image. Fix: re-download or re-export it, or pass --skip-invalid to leave the "
                               "case out.") from e
     return reader
