@@ -237,7 +237,8 @@ def make_mri_classification(root: Path, n: int = 4, sequences: Sequence[str] = (
                             clinical: Mapping[str, Sequence] | None = None, shape=SHAPE) -> Path:
     """A DeSamba-style folder: ``images/{case}/{seq}.nii.gz`` + ``roi.nii.gz`` and ``labels.csv`` with columns
     case, label, one per sequence, roi, then clinical variables. Returns the CSV path."""
-    clinical = dict(clinical or {"age": [50 + 3 * i for i in range(n)], "size_mm": [20.5 + i for i in range(n)]})
+    clinical = dict(clinical if clinical is not None else {"age": [50 + 3 * i for i in range(n)],
+                                                          "size_mm": [20.5 + i for i in range(n)]})
     rows = []
     for i in range(n):
         case = f"pat{i:03d}"

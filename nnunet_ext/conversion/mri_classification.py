@@ -1,0 +1,219 @@
+"""Multi-sequence MRI classification datasets (DeSamba style: one CSV row per case) -> nnU-Net v2 + case metadata.
+
+Layout: a folder and a CSV with a case column, a class label column, one column per MRI sequence (image paths relative
+to the folder, e.g. ``t1, t2, t2fs``), a lesion ROI mask column and clinical columns (age, marker values, ...).
+Output: one channel per sequence (``{case}_{k:04d}.nii.gz`` in sequence-column order; channel names are the sequence
+names, so nnU-Net z-scores each image), the ROI as label 1 (``lesion``; any non-zero ROI value), and the
+``nnunet_ext`` metadata block with ``classification`` (class names from the distinct labels or ``classes``,
+``lesion_labels`` [1]) and ``tabular`` (the clinical columns as features; NaN or non-numeric values are an error
+naming the case and column unless ``impute="median"``). Sequences whose grid differs from the first sequence are
+resampled (linear) onto it in physical space; arrays are ``(z, y, x)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_ext.conversion.common import (
+    ConversionError,
+    ConversionJob,
+    ConversionResult,
+    Stage,
+    add_common_arguments,
+    check_unique_cases,
+    existing_path,
+    geometry_mismatch,
+    read_image,
+    safe_case_id,
+    with_geometry_of,
+)
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+_MISSING = {"", "na", "nan", "n/a", "none", "null", "?", "-"}
+
+
+def _is_image_column(rows: list[dict], col: str) -> bool:
+    values = [str(r.get(col) or "").strip() for r in rows]
+    return bool(values) and any(values) and all(v.lower().endswith(IMAGE_SUFFIXES) for v in values if v)
+
+
+def read_table(csv_path: Path, case_column: str, label_column: str, roi_column: str,
+               sequences: Sequence[str] | None, clinical: Sequence[str] | None
+               ) -> tuple[list[dict], list[str], list[str]]:
+    """Rows, sequence columns and clinical columns of the CSV (sequences: columns whose values are image paths)."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = [{k.strip(): v for k, v in r.items() if k is not None} for r in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ConversionError(f"cannot read {csv_path} ({e}). Fix: give a CSV with a header row.") from e
+    if not rows:
+        raise ConversionError(f"{csv_path} has no rows. Fix: one row per case.")
+    header = list(rows[0])
+    missing = [c for c in (case_column, label_column, roi_column) if c not in header]
+    if missing:
+        raise ConversionError(f"{csv_path.name} lacks the column(s) {missing} (header {header}). Fix: rename the "
+                              "columns or pass --case-column / --label-column / --roi-column.")
+    reserved = {case_column, label_column, roi_column}
+    seqs = list(sequences) if sequences else [c for c in header if c not in reserved and _is_image_column(rows, c)]
+    bad = [s for s in seqs if s not in header]
+    if bad or not seqs:
+        raise ConversionError(f"{csv_path.name}: sequence column(s) {bad or '(none found)'} not in the header "
+                              f"{header}. Fix: pass --sequences with column names holding image paths.")
+    clin = list(clinical) if clinical is not None else [c for c in header if c not in reserved and c not in seqs]
+    bad = [c for c in clin if c not in header]
+    if bad:
+        raise ConversionError(f"{csv_path.name}: clinical column(s) {bad} not in the header {header}.")
+    return rows, seqs, clin
+
+
+def clinical_matrix(rows: list[dict], cases: list[str], columns: list[str], impute: str | None
+                    ) -> tuple[np.ndarray, list[str]]:
+    """``(n_cases, n_columns)`` float matrix; NaN / non-numeric -> :class:`ConversionError` naming every case and
+    column, or the column median with ``impute="median"`` (non-numeric text is never imputed)."""
+    mat = np.full((len(rows), len(columns)), np.nan)
+    text, empty = [], []
+    for i, (case, row) in enumerate(zip(cases, rows)):
+        for j, col in enumerate(columns):
+            raw = str(row.get(col) or "").strip()
+            if raw.lower() in _MISSING:
+                empty.append(f"{case!r}/{col!r}")
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                text.append(f"{case!r}/{col!r} ({raw!r})")
+                continue
+            if math.isfinite(value):
+                mat[i, j] = value
+            else:
+                empty.append(f"{case!r}/{col!r}")
+    if text:
+        raise ConversionError(f"non-numeric clinical values: {', '.join(text[:20])}. Fix: encode them as numbers "
+                              "(e.g. sex as 0/1), or leave the column out with --clinical.")
+    notes = []
+    if empty:
+        if impute != "median":
+            raise ConversionError(f"missing (NaN/empty) clinical values: {', '.join(empty[:20])}"
+                                  f"{' ...' if len(empty) > 20 else ''}. Fix: fill them in, or pass --impute median.")
+        for j, col in enumerate(columns):
+            holes = np.isnan(mat[:, j])
+            if holes.all():
+                raise ConversionError(f"clinical column {col!r} has no value in any case; it cannot be imputed. "
+                                      "Fix: leave it out with --clinical.")
+            if holes.any():
+                med = float(np.nanmedian(mat[:, j]))
+                mat[holes, j] = med
+                notes.append(f"imputed {int(holes.sum())} missing value(s) of {col!r} with the median {med:g}")
+    return mat, notes
+
+
+def convert_mri_classification(source: str | Path, dataset_id: int, csv_path: str | Path | None = None,
+                               output: str | Path | None = None, name: str = "MRIClassification",
+                               sequences: Sequence[str] | None = None, clinical: Sequence[str] | None = None,
+                               classes: Sequence[str] | None = None, impute: str | None = None,
+                               case_column: str = "case", label_column: str = "label", roi_column: str = "roi",
+                               overwrite: bool = False, skip_invalid: bool = False) -> ConversionResult:
+    """Convert a folder + CSV to ``Dataset{id}_{name}`` with classification and tabular metadata.
+
+    Args:
+        csv_path: the table (default: the only ``*.csv`` in ``source``); relative image paths are relative to
+            ``source``.
+        sequences: sequence columns in channel order (default: every column whose values are image paths).
+        clinical: clinical feature columns (default: all remaining columns; ``[]`` for none).
+        classes: class names (default: the sorted distinct labels); an empty label marks a case unlabeled.
+        impute: None (missing clinical values are an error) or ``"median"``.
+    """
+    from nnunet_ext.data.metadata import CaseRecord, DatasetMetadata
+
+    source = existing_path(source, "MRI classification source", folder=True)
+    if csv_path is None:
+        found = sorted(source.glob("*.csv"))
+        if len(found) != 1:
+            raise ConversionError(f"{source} holds {len(found)} CSV files; pass the table with --csv.")
+        csv_path = found[0]
+    csv_path = existing_path(csv_path if Path(csv_path).exists() else source / csv_path, "CSV", folder=False)
+    if impute not in (None, "median"):
+        raise ConversionError(f"impute={impute!r} is not supported. Fix: use --impute median or leave it out.")
+    rows, seqs, clin = read_table(csv_path, case_column, label_column, roi_column, sequences, clinical)
+    cases = [safe_case_id(r[case_column]) for r in rows]
+    check_unique_cases(((c, f"row {i + 2}") for i, c in enumerate(cases)), f"one row per case in {csv_path.name}.")
+    labels = [str(r.get(label_column) or "").strip() or None for r in rows]
+    class_names = list(classes) if classes else sorted({lab for lab in labels if lab})
+    unknown = sorted({f"{c!r} ({lab!r})" for c, lab in zip(cases, labels) if lab and lab not in class_names})
+    if unknown:
+        raise ConversionError(f"labels not in the class list {class_names}: {', '.join(unknown)}. Fix: add them to "
+                              "--classes or correct the CSV.")
+    features, notes = clinical_matrix(rows, cases, clin, impute) if clin else (np.zeros((len(rows), 0)), [])
+    inputs = [csv_path] + [p for r in rows for c in [*seqs, roi_column] if (p := _path(r.get(c), source)).is_file()]
+    options = {"sequences": seqs, "clinical": clin, "classes": class_names, "impute": impute,
+               "skip_invalid": skip_invalid}
+    job = ConversionJob("mri-classification", dataset_id, name, output, overwrite, inputs, source, options,
+                        skip_invalid)
+    by_case = {c: (r, lab, f) for c, r, lab, f in zip(cases, rows, labels, features)}
+
+    def build(stage: Stage) -> None:
+        for note in notes:
+            stage.warn(note)
+
+        def one(case: str, item) -> None:
+            row = item[0]
+            images = []
+            for col in seqs:
+                img = read_image(_path(row.get(col), source), case, f"{col} image")
+                if images and geometry_mismatch(images[0], img):
+                    img = sitk.Resample(img, images[0], sitk.Transform(), sitk.sitkLinear, 0.0, img.GetPixelID())
+                    stage.warn(f"case {case!r}: {col} was resampled onto the {seqs[0]} grid")
+                images.append(with_geometry_of(img, images[0]) if images else img)
+            roi = read_image(_path(row.get(roi_column), source), case, "roi mask")
+            if roi.GetSize() != images[0].GetSize() or geometry_mismatch(images[0], roi):
+                roi = sitk.Resample(roi, images[0], sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+            label = sitk.Cast(sitk.GetImageFromArray((sitk.GetArrayViewFromImage(roi) > 0).astype(np.uint8)),
+                              sitk.sitkUInt8)
+            label.CopyInformation(images[0])
+            stage.write_case(case, images, label)
+
+        stage.for_each(list(by_case.items()), one, "MRI classification")
+        records = {c: CaseRecord(class_index=class_names.index(by_case[c][1]) if by_case[c][1] else None,
+                                 tabular=tuple(float(v) for v in by_case[c][2]) if clin else None)
+                   for c in stage.cases}
+        metadata = DatasetMetadata(class_names=class_names or None, lesion_labels=[1] if class_names else None,
+                                   tabular_features=list(clin) or None, cases=records)
+        stage.write_dataset_json({k: s for k, s in enumerate(seqs)}, {"background": 0, "lesion": 1}, metadata,
+                                 dataset_name=name, converted_by="nnunet-ext convert mri-classification",
+                                 description=f"multi-sequence MRI ({', '.join(seqs)}) with case-level classes")
+
+    return job.run(build)
+
+
+def _path(value, source: Path) -> Path:
+    p = Path(str(value or "").strip()).expanduser()
+    return p if p.is_absolute() else source / p
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("mri-classification", help="multi-sequence MRI + CSV (DeSamba style) -> nnU-Net v2 with "
+                                                  "classification and clinical metadata",
+                       description="One channel per sequence column, the ROI as label 1, classes and clinical "
+                                   "features into the nnunet_ext metadata.")
+    add_common_arguments(p, "MRIClassification", source_help="folder with the images (CSV paths are relative to it)")
+    p.add_argument("--csv", help="the table (default: the only *.csv in the folder)")
+    p.add_argument("--sequences", help="comma-separated sequence columns in channel order (default: image columns)")
+    p.add_argument("--clinical", help="comma-separated clinical columns (default: all other columns; '' for none)")
+    p.add_argument("--classes", help="comma-separated class names (default: the distinct labels)")
+    p.add_argument("--impute", choices=["median"], help="fill missing clinical values with the column median")
+    p.add_argument("--case-column", default="case")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--roi-column", default="roi")
+    p.set_defaults(func=lambda a: convert_mri_classification(
+        a.source, a.dataset_id, a.csv, a.output, a.name, _csv_list(a.sequences), _csv_list(a.clinical),
+        _csv_list(a.classes), a.impute, a.case_column, a.label_column, a.roi_column, a.overwrite, a.skip_invalid))
