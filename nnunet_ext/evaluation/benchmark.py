@@ -32,6 +32,7 @@ from nnunet_ext.evaluation import statistics as st
 DEFAULT_SMALL_LESION_MM3 = 4.0 / 3.0 * math.pi * 5.0 ** 3  # a sphere of 10 mm diameter: 523.6 mm^3
 METRICS = ("dice", "hd95", "assd")
 METRIC_LABELS = {"dice": "Dice", "hd95": "HD95 (mm)", "assd": "ASSD (mm)"}
+UNIT_LABELS = {"mm3": "mm³", "voxels": "voxels"}
 
 
 class BenchmarkError(NnunetExtError, ValueError):
@@ -566,7 +567,7 @@ def write_outputs(res: BenchmarkResult) -> None:
         thr, unit = res.small_lesion
         files[fname] = plots.violins_by_stratum(
             strata, f"{METRIC_LABELS[metric]} ({lesion})", os.path.join(out, fname),
-            f"{lesion}: {METRIC_LABELS[metric]} by lesion volume (small < {thr:g} {unit})")
+            f"{lesion}: {METRIC_LABELS[metric]} by lesion volume (small < {thr:.4g} {UNIT_LABELS[unit]})")
     cls = res.classification
     if cls is not None:
         aucs = {m: cls["results"][m]["summary"]["auc_per_class"] for m in cls["probs"]}

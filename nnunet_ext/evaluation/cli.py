@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -54,7 +55,9 @@ def _benchmark(args) -> None:
     res = run_benchmark(args.d, args.m, args.ref, args.f, args.o, threshold, unit, args.labels, args.lesion_label,
                         args.np, args.device, args.full_model, args.n_bootstrap, args.seed,
                         not args.skip_efficiency, args.timing_repeats, command_line(args))
-    print(f"Benchmark of {len(res.methods)} methods on {len(res.cases)} cases written to {res.output_folder}")
+    dropped = f" ({len(res.dropped)} case(s) dropped, see dropped_cases.csv)" if res.dropped else ""
+    print(f"Benchmark of {len(res.methods)} methods on {len(res.cases)} cases (folds {res.folds}){dropped} written "
+          f"to {os.path.join(res.output_folder, 'report.md')}")
 
 
 def _robustness(args) -> None:

@@ -85,7 +85,8 @@ def violins_by_stratum(strata: Mapping[str, Mapping[str, Sequence[float]]], ylab
     methods = list(dict.fromkeys(m for s in strata.values() for m in s))
     colors = _colors(len(methods))
     width = 0.8 / max(1, len(methods))
-    fig = Figure(figsize=(max(6.5, 1.5 + 0.9 * len(names) * max(1, len(methods))), 4.8), layout="constrained")
+    fig = Figure(figsize=(min(12.0, max(6.5, 1.5 + 0.9 * len(names) * max(1, len(methods)))), 4.8),
+                 layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for j, m in enumerate(methods):
@@ -168,6 +169,12 @@ def ablation_bars(panels: Mapping[str, Mapping[str, Interval]], full_model: str,
         ax.bar(x, np.nan_to_num(est), color=["tab:red" if e < 0 else "tab:blue" for e in np.nan_to_num(est)],
                alpha=0.8, yerr=err, capsize=4, edgecolor="black", linewidth=0.5)
         ax.axhline(0, color="black", lw=0.8)
+        for xi, e, l, h in zip(x, est, lo, hi):  # the value, beyond the whisker
+            if np.isfinite(e):
+                y = np.nanmax([e, h]) if e >= 0 else np.nanmin([e, l])
+                ax.annotate(f"{e:+.3f}", (xi, y), xytext=(0, 3 if e >= 0 else -3), textcoords="offset points",
+                            ha="center", va="bottom" if e >= 0 else "top", fontsize=8)
+        ax.margins(y=0.12)
         ax.set_xticks(x, methods, rotation=25, ha="right", fontsize=8)
         ax.set_ylabel("method - full model")
         ax.set_title(metric)

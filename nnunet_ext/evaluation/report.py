@@ -243,6 +243,7 @@ def _efficiency_md(res) -> list[str]:
 
 def benchmark_markdown(res) -> str:
     """The full ``report.md`` of a benchmark."""
+    from nnunet_ext.evaluation.benchmark import UNIT_LABELS
     from nnunet_ext.evaluation.segmentation import EMPTY_BOTH_DICE
 
     thr, unit = res.small_lesion
@@ -259,7 +260,8 @@ def benchmark_markdown(res) -> str:
              "(see dropped_cases.csv)",
              f"- Structures: {', '.join(f'{k} (labels {list(v)})' for k, v in res.structures.items())}",
              f"- Lesion: **{lesion_name}** (labels {list(lesion_labels)}, from {lesion_source}); size strata by the "
-             f"case's total reference lesion volume: small < {thr:g} {unit} <= large; cases: {counts['small']} "
+             f"case's total reference lesion volume: small < {thr:.4g} {UNIT_LABELS[unit]} <= large; cases: "
+             f"{counts['small']} "
              f"small, {counts['large']} large, {counts['no lesion']} without lesion", ""]
     lines += [f"## Segmentation ({len(res.cases)} cases)", ""] + _segmentation_md(res)
     lines += ["Figures: dice_violin.png, hd95_violin.png, dice_by_lesion_size.png, hd95_by_lesion_size.png.", ""]

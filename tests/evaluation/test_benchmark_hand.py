@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -34,6 +35,8 @@ FOLDS = {"c1": 0, "c2": 0, "c3": 1, "c4": 1}
 CLASSES = {"c1": "benign", "c2": "malignant", "c3": "malignant", "c4": "benign"}
 # TrainerB's head: predictions benign, malignant, benign -> accuracy 2/3; malignant scores 0.6, 0.4 > 0.3 -> AUC 1
 PROBS_B = {"c1": (0.7, 0.3), "c2": (0.4, 0.6), "c3": (0.6, 0.4)}
+# TrainerC (optional): TrainerB's segmentations, a head that is always wrong: accuracy 0, malignant AUC 0
+PROBS_C = {"c1": (0.2, 0.8), "c2": (0.9, 0.1), "c3": (0.5, 0.5)}
 
 
 def _write(path, lesion, organ):
@@ -47,7 +50,19 @@ def _write(path, lesion, organ):
     sitk.WriteImage(img, str(path))
 
 
-def make_hand_tree(dirs, dataset_id: int, name: str = "HandBench") -> str:
+def _write_head(model, probs):
+    (model / "plans.json").write_text(json.dumps({"nnunet_ext": {"num_cls_classes": 2,
+                                                                 "class_names": ["benign", "malignant"]}}))
+    for fold in (0, 1):
+        with open(model / f"fold_{fold}" / "validation" / "classification.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["case_id", "predicted_class", "prob_benign", "prob_malignant", "true_class"])
+            for case, p in probs.items():
+                if FOLDS[case] == fold:
+                    w.writerow([case, "benign" if p[0] >= p[1] else "malignant", p[0], p[1], CLASSES[case]])
+
+
+def make_hand_tree(dirs, dataset_id: int, name: str = "HandBench", with_c: bool = False) -> str:
     ds = f"Dataset{dataset_id:03d}_{name}"
     pre = dirs["nnUNet_preprocessed"] / ds
     (pre / "gt_segmentations").mkdir(parents=True)
@@ -60,22 +75,16 @@ def make_hand_tree(dirs, dataset_id: int, name: str = "HandBench") -> str:
     res = dirs["nnUNet_results"] / ds
     for case, (ref, a, b, organ_a, organ_b) in CASES.items():
         _write(pre / "gt_segmentations" / f"{case}.nii.gz", ref, ORGAN)
-        for trainer, lesion, organ in (("TrainerA", a, organ_a), ("TrainerB", b, organ_b)):
+        for trainer, lesion, organ in (("TrainerA", a, organ_a), ("TrainerB", b, organ_b)) + (
+                (("TrainerC", b, organ_b),) if with_c else ()):
             if lesion is None:
                 continue
             val = res / f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{FOLDS[case]}" / "validation"
             val.mkdir(parents=True, exist_ok=True)
             _write(val / f"{case}.nii.gz", lesion, organ)
-    model_b = res / "TrainerB__nnUNetPlans__3d_fullres"
-    (model_b / "plans.json").write_text(json.dumps({"nnunet_ext": {"num_cls_classes": 2,
-                                                                   "class_names": ["benign", "malignant"]}}))
-    for fold in (0, 1):
-        with open(model_b / f"fold_{fold}" / "validation" / "classification.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["case_id", "predicted_class", "prob_benign", "prob_malignant", "true_class"])
-            for case, p in PROBS_B.items():
-                if FOLDS[case] == fold:
-                    w.writerow([case, "benign" if p[0] > p[1] else "malignant", p[0], p[1], CLASSES[case]])
+    _write_head(res / "TrainerB__nnUNetPlans__3d_fullres", PROBS_B)
+    if with_c:
+        _write_head(res / "TrainerC__nnUNetPlans__3d_fullres", PROBS_C)
     return ds
 
 
@@ -175,6 +184,28 @@ def test_full_model_ablation_and_efficiency_without_plans(hand_tree, tmp_path):
     assert iv.estimate == pytest.approx(2 / 9 - 14 / 15)
     assert (tmp_path / "ablation.png").is_file()
     assert all(e.parameters is None and "no plans.json" in e.notes[0] for e in res.efficiency if e.method == "TrainerA")
+
+
+def test_two_heads_compare_against_the_first_head(nnunet_dirs, tmp_path):
+    """The reference (TrainerA) has no head, so classification compares TrainerC with TrainerB: Δ accuracy -2/3,
+    Δ macro AUC -1; McNemar: B alone right on 2 cases, C alone on none -> exact p = 2 * 0.5^2 = 0.5."""
+    make_hand_tree(nnunet_dirs, 974, "HandHeads", with_c=True)
+    res = run_benchmark(974, ["TrainerB", "TrainerC"], reference="TrainerA", output_folder=str(tmp_path),
+                        full_model="TrainerB", efficiency=False, n_boot=100)
+    cls = res.classification
+    assert cls["reference"] == "TrainerB"
+    c = cls["results"]["TrainerC"]
+    assert c["summary"]["accuracy"] == 0.0 and c["summary"]["auc_ovr_macro"] == 0.0
+    assert c["vs_reference"]["accuracy"].estimate == pytest.approx(-2 / 3)
+    assert c["vs_reference"]["auc_ovr_macro"].estimate == pytest.approx(-1.0)
+    assert c["p_mcnemar"] == pytest.approx(0.5)
+    assert all(math.isnan(d.p_value) for d in c["delong"])  # needs >= 2 cases per class
+    report = (tmp_path / "report.md").read_text()
+    assert "Δ macro AUC vs TrainerB [95% CI]" in report
+    assert "| TrainerC | 3 | 0.000 [0.000, 0.000] | 0.000 [" in report
+    assert set(res.ablation["panels"]) == {"Δ Dice (lesion)", "Δ macro AUC"}
+    with open(tmp_path / "classification_delong.csv") as f:
+        assert [r["class"] for r in csv.DictReader(f)] == ["benign", "malignant"]
 
 
 @pytest.mark.parametrize("kwargs,match", [

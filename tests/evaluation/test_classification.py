@@ -73,3 +73,22 @@ def test_paired_bootstrap_of_a_better_classifier():
     assert d["auc_ovr_macro"].estimate == pytest.approx(sa["auc_ovr_macro"] - sb["auc_ovr_macro"])
     assert d["accuracy"].estimate == pytest.approx(sa["accuracy"] - sb["accuracy"])
     assert d["auc_ovr_macro"].low > 0 and d["auc_ovr_macro"].p_value < 0.05
+
+
+def test_benchmark_classification_summary_uses_delong_per_class_and_holm():
+    from nnunet_ext.evaluation import statistics as st
+    from nnunet_ext.evaluation.benchmark import summarise_classification
+
+    y, p = _data(n=60, seed=5)
+    rng = np.random.default_rng(6)
+    probs = {"ref": p, "worse": 0.5 * p + 0.5 * rng.dirichlet(np.ones(3), len(y)),
+             "same": p.copy()}
+    out = summarise_classification(y, probs, NAMES, "ref", n_boot=200)
+    assert "vs_reference" not in out["ref"]
+    for c in range(3):
+        expected = st.delong_test(y == c, probs["worse"][:, c], p[:, c])
+        assert out["worse"]["delong"][c] == expected
+        assert expected.auc_b == pytest.approx(roc_auc_score(y == c, p[:, c]))
+    assert out["same"]["delong"][0].p_value == 1.0 and out["same"]["p_mcnemar"] == 1.0
+    raw = [out[m]["vs_reference"]["auc_ovr_macro"].p_value for m in ("worse", "same")]
+    assert [out[m]["p_holm"]["auc_ovr_macro"] for m in ("worse", "same")] == pytest.approx(st.holm(raw))
