@@ -70,3 +70,36 @@ def test_images_folder_needs_labels(tmp_path):
     (tmp_path / "imgs").mkdir()
     with pytest.raises(RobustnessError, match="-l LABELS_FOLDER"):
         resolve_inputs(str(tmp_path / "imgs"), None, {"file_ending": ".nii.gz", "channel_names": {"0": "CT"}})
+
+
+def test_perturbed_cases_fixed_reference_phase_and_missing_labels(tmp_path):
+    from nnunet_ext.evaluation.robustness import write_perturbed_cases
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    for case in ("a", "b"):
+        for c in range(2):
+            sitk.WriteImage(_image(rng.normal(size=(5, 8, 8)), (2.0, 1.0, 1.0)), str(images / f"{case}_{c:04d}.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 8, 8), np.uint8)), str(labels / f"{case}.nii.gz"))
+    dj = {"file_ending": ".nii.gz", "channel_names": {"0": "CT", "1": "CT"}}
+    inputs = resolve_inputs(str(images), str(labels), dj)
+    assert inputs.cases == ["a", "b"] and inputs.n_channels == 2
+    out = tmp_path / "out"
+    out.mkdir()
+    items, rows = write_perturbed_cases(inputs, str(out), 2, 0, 5.0, 7.0, 0.0, fixed_phase=1)
+    assert [n for n, _ in items] == ["a__unperturbed", "a__r0", "a__r1", "b__unperturbed", "b__r0", "b__r1"]
+    fixed = [r for r in rows if r["channel"] == 1]
+    moved = [r for r in rows if r["channel"] == 0]
+    assert len(fixed) == len(moved) == 4
+    assert all(v == 0.0 for r in fixed for k, v in r.items() if k.startswith(("rot_", "shift_")))
+    assert all(any(v != 0.0 for k, v in r.items() if k.startswith("shift_")) for r in moved)
+    original = sitk.GetArrayFromImage(sitk.ReadImage(str(images / "a_0001.nii.gz")))
+    assert np.allclose(sitk.GetArrayFromImage(sitk.ReadImage(items[1][1][1])), original, atol=1e-5)
+    # the unfixed draws do not depend on whether the reference phase is fixed
+    _, free_rows = write_perturbed_cases(inputs, str(out), 2, 0, 5.0, 7.0, 0.0, fixed_phase=None)
+    assert [r for r in free_rows if r["channel"] == 0] == moved
+    (labels / "b.nii.gz").unlink()
+    with pytest.raises(RobustnessError, match=r"no reference segmentation .*\['b'\]"):
+        resolve_inputs(str(images), str(labels), dj)
