@@ -250,8 +250,8 @@ class STDNet(nn.Module):
 
     def compute_conv_feature_map_size(self, input_size) -> int:
         """nnU-Net's planner unit (feature-map elements per sample, see :data:`ELEMENTS_PER_UNIT`): N encoder passes
-        + one decoder pass + token / recurrent / skip-fusion activations (+ the stacked per-phase features of the
-        unshared-encoder ablation)."""
+        + one decoder pass + token / recurrent / skip-fusion activations. Parameters, gradients and optimizer state
+        are not counted (as in nnU-Net, whose reference values absorb them)."""
         enc = self._encoders()[0]
         n = self.num_phases
         units = n * int(enc.compute_conv_feature_map_size(input_size))
@@ -259,9 +259,7 @@ class STDNet(nn.Module):
         level_elems = [int(np.prod(s, dtype=np.int64)) * w for s, w in zip(self._level_sizes(input_size),
                                                                              enc.output_channels)]
         vox_b = int(np.prod(self._level_sizes(input_size)[-1], dtype=np.int64))
-        extra = 0
-        if not self.share_weights:
-            extra += n * sum(level_elems)
+        extra = 0  # unshared encoders: same activations; their stacked per-phase copies are freed before backward
         if self.temporal_kind == "transformer":
             extra += self.temporal.activation_elements(vox_b) + 2 * n * level_elems[-1]  # + token copy, ctx
         elif self.temporal_kind == "convgru":

@@ -1,1 +1,3 @@
 """Imports every planner module so that :data:`nnunet_ext.planners.PLANNERS` is complete."""
+
+from nnunet_ext.planners import stdnet  # noqa: F401  STDNetPlanner, STDNetPlannerM/L/XL
