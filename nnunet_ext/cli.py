@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 
 COMMAND_MODULES = (
@@ -143,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from nnunet_ext.errors import NnunetExtError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = "nnunet-ext " + shlex.join(argv)  # reports record the literal command
     try:
         args.func(args)
     except NnunetExtError as e:

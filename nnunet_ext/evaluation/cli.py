@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import sys
 
 from nnunet_ext.evaluation.statistics import DEFAULT_N_BOOTSTRAP, DEFAULT_SEED
 
@@ -29,8 +28,8 @@ def _default_processes() -> int:
 def command_line(args: argparse.Namespace) -> str:
     """The command as typed when run from a shell; otherwise (called from Python) an equivalent command with every
     option written out, so that the report always states how to reproduce it."""
-    if len(sys.argv) > 1 and sys.argv[1] == args.command:
-        return "nnunet-ext " + shlex.join(sys.argv[1:])
+    if getattr(args, "command_line", None):  # set by nnunet_ext.cli.main from the argv it parsed
+        return args.command_line
     parts = ["nnunet-ext", args.command]
     for action in _PARSERS[args.command]._actions:
         if not action.option_strings or action.dest == "help":
