@@ -25,8 +25,10 @@ What is measured (each report repeats it):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -113,6 +115,21 @@ def forward_flops(network: torch.nn.Module, input_shape: tuple[int, ...]) -> int
     return int(counter.get_total_flops())
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    """torch.profiler's C++ back end (kineto) writes "profiler_start/stop" lines, and on machines without a GPU a
+    "gpuGetDeviceCount failed" error, straight to file descriptor 2: hide them while profiling."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_forward_memory(network: torch.nn.Module, input_shape: tuple[int, ...], device: torch.device
                         ) -> tuple[float, str]:
     """Peak bytes allocated by one inference forward pass beyond weights and input, and how it was measured."""
@@ -128,7 +145,8 @@ def peak_forward_memory(network: torch.nn.Module, input_shape: tuple[int, ...], 
         return float(torch.cuda.max_memory_allocated(device) - base), "CUDA max_memory_allocated"
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.inference_mode(), _stderr_silenced(), profile(activities=[ProfilerActivity.CPU],
+                                                             profile_memory=True) as prof:
         _forward(network, x)
     deltas = []
     for e in prof.events():

@@ -38,7 +38,7 @@ from nnunet_ext.data.loading import CaseTargets, case_target_loaders
 from nnunet_ext.data.metadata import UNLABELED, DatasetMetadata
 from nnunet_ext.data.splits import write_stratified_splits_if_missing
 from nnunet_ext.evaluation.classification import classification_summary
-from nnunet_ext.trainers.logging import CLS_LOG_KEYS, add_log_keys, plot_classification_progress
+from nnunet_ext.trainers.logging import add_log_keys, plot_classification_progress
 
 NETWORK_INPUT_KEYS = ("tabular", "text_embedding")
 

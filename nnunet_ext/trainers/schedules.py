@@ -18,12 +18,13 @@ class Schedule:
     iterations_per_epoch: int = 250
     val_iterations_per_epoch: int = 50
     mirroring: bool = True  # test-time mirroring in the final validation and in inference
+    progress_bar: bool = False  # a tqdm bar over each epoch's iterations (nnU-Net itself prints per epoch only)
 
 
 SCHEDULES: dict[str, Schedule] = {
     "smoke": Schedule(1, 2, 1, mirroring=False),       # CI: a couple of steps, proves the plumbing
     "smoke3": Schedule(3, 4, 1, mirroring=False),      # CI: three short epochs (kill-and-resume tests)
-    "demo": Schedule(4, 12, 4, mirroring=False),        # `make demo` on a 2-core CPU
+    "demo": Schedule(4, 12, 4, mirroring=False, progress_bar=True),  # `make demo` on a 2-core CPU
     "1epoch": Schedule(1),
     "5epochs": Schedule(5),
     "10epochs": Schedule(10),
@@ -52,10 +53,39 @@ def with_schedule(base: type, schedule_name: str) -> type:
         return out
 
     name = f"{base.__name__}_{schedule_name}"
-    return type(name, (base,), {"__init__": __init__, "__module__": "nnunet_ext.trainers", "__qualname__": name,
-                                "configure_rotation_dummyDA_mirroring_and_inital_patch_size":
-                                    configure_rotation_dummyDA_mirroring_and_inital_patch_size,
-                                "__doc__": f"{base.__name__} with schedule {schedule_name!r}: {sched}."})
+    namespace = {"__init__": __init__, "__module__": "nnunet_ext.trainers", "__qualname__": name,
+                 "configure_rotation_dummyDA_mirroring_and_inital_patch_size":
+                     configure_rotation_dummyDA_mirroring_and_inital_patch_size,
+                 "__doc__": f"{base.__name__} with schedule {schedule_name!r}: {sched}."}
+    if sched.progress_bar:
+        namespace.update(_progress_bar_hooks(base))
+    return type(name, (base,), namespace)
+
+
+def _progress_bar_hooks(base: type) -> dict:
+    """A tqdm bar (on stderr, rank 0) over the training iterations of each epoch."""
+    from tqdm import tqdm
+
+    def on_train_epoch_start(self):
+        base.on_train_epoch_start(self)
+        if self.local_rank == 0:
+            self._bar = tqdm(total=self.num_iterations_per_epoch, leave=False, dynamic_ncols=True,
+                             desc=f"{self.__class__.__name__} epoch {self.current_epoch + 1}/{self.num_epochs}")
+
+    def train_step(self, batch):
+        out = base.train_step(self, batch)
+        if getattr(self, "_bar", None) is not None:
+            self._bar.update()
+        return out
+
+    def on_train_epoch_end(self, train_outputs):
+        if getattr(self, "_bar", None) is not None:
+            self._bar.close()
+            self._bar = None
+        base.on_train_epoch_end(self, train_outputs)
+
+    return {"on_train_epoch_start": on_train_epoch_start, "train_step": train_step,
+            "on_train_epoch_end": on_train_epoch_end}
 
 
 def schedule_variants(*bases: type) -> dict[str, type]:

@@ -1,0 +1,221 @@
+"""``nnunet-ext demo`` (what ``make demo`` runs): the whole product on synthetic multiphase liver CT.
+
+1. generate a training set and a separate held-out test set with :func:`convert_synthetic_liver` (lesion classes
+   defined by their enhancement over arterial / portal venous / delayed phases, random inter-phase misalignment);
+2. plan and preprocess vanilla (``nnUNetPlans``) and with ``STDNetPlanner`` (which reuses the vanilla data);
+3. train fold 0 of vanilla nnU-Net, the early-fusion baseline (nnU-Net + head) and STD-Net on the short ``_demo``
+   schedule with the stock nnU-Net training code;
+4. predict the held-out cases (segmentations + ``classification.csv``) with ``nnunet-ext predict``;
+5. run ``nnunet-ext benchmark`` on the fold-0 validation predictions;
+6. print a results table and where the report and plots are.
+
+Everything lives under ``--output`` (default ``./demo_output``); nnU-Net's own log lines go to
+``<output>/logs/*.log``. A re-run reuses what is already there (the generators are deterministic and finished
+trainings are not repeated); ``--fresh`` starts over. GPU when available, else CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+TRAIN_ID, TEST_ID = 500, 501
+TRAINERS = (("nnUNetTrainer_demo", "nnUNetPlans"), ("EarlyFusionTrainer_demo", "nnUNetPlans"),
+            ("STDNetTrainer_demo", "STDNetPlans"))
+
+
+@dataclass
+class DemoConfig:
+    output: str = "demo_output"
+    device: str | None = None
+    n_train: int = 20
+    n_test: int = 6
+    shape: tuple[int, int, int] = (32, 64, 64)
+    seed: int = 0
+    fresh: bool = False
+
+
+@contextlib.contextmanager
+def _quiet(log_path: str):
+    """Send nnU-Net's prints (stdout) to a log file; progress bars (stderr) stay on the terminal."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as f, contextlib.redirect_stdout(f):
+        yield
+
+
+def _stage(msg: str) -> None:
+    print(f"\n==> {msg}", file=sys.stderr, flush=True)
+
+
+def _set_environment(cfg: DemoConfig) -> dict[str, str]:
+    root = os.path.abspath(cfg.output)
+    env = {"nnUNet_raw": os.path.join(root, "nnUNet_raw"),
+           "nnUNet_preprocessed": os.path.join(root, "nnUNet_preprocessed"),
+           "nnUNet_results": os.path.join(root, "nnUNet_results")}
+    for v in env.values():
+        os.makedirs(v, exist_ok=True)
+    os.environ.update(env)
+    cpus = os.cpu_count() or 1
+    os.environ.setdefault("nnUNet_def_n_proc", str(min(2, cpus)))
+    if cfg.device == "cpu":
+        os.environ.setdefault("nnUNet_n_proc_DA", "0" if cpus <= 2 else str(min(4, cpus - 1)))
+    os.environ.setdefault("MPLBACKEND", "agg")
+    from nnunet_ext.trainers.run import ensure_trainer_path
+
+    ensure_trainer_path()
+    return env
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run the demo end to end; returns the benchmark result and the held-out predictions' folders."""
+    import torch
+
+    t0 = time.time()
+    cfg.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.fresh and os.path.isdir(cfg.output):
+        shutil.rmtree(cfg.output)
+    env = _set_environment(cfg)
+    logs = os.path.join(os.path.abspath(cfg.output), "logs")
+
+    from nnunet_ext.conversion.synthetic_liver import convert_synthetic_liver
+    from nnunet_ext.evaluation.benchmark import run_benchmark
+    from nnunet_ext.inference.predict import predict
+    from nnunet_ext.planners.api import plan_and_preprocess
+    from nnunet_ext.trainers.run import train
+
+    _stage(f"1/6 synthetic multiphase liver CT: {cfg.n_train} training + {cfg.n_test} held-out cases "
+           f"of {'x'.join(map(str, cfg.shape))} voxels")
+    with _quiet(os.path.join(logs, "generate.log")):
+        convert_synthetic_liver(TRAIN_ID, n_cases=cfg.n_train, shape=cfg.shape, seed=cfg.seed)
+        test_folder = convert_synthetic_liver(TEST_ID, n_cases=cfg.n_test, shape=cfg.shape, seed=cfg.seed + 1000,
+                                              name="SyntheticLiverTest")
+
+    _stage("2/6 plan and preprocess: vanilla nnU-Net plans, then STDNetPlanner (reuses the vanilla data)")
+    with _quiet(os.path.join(logs, "plan.log")):
+        plan_and_preprocess(TRAIN_ID, "ExperimentPlanner", ("3d_fullres",), num_processes=2)
+        plan_and_preprocess(TRAIN_ID, "STDNetPlanner", ("3d_fullres",), num_processes=2)
+
+    _stage(f"3/6 train fold 0 on the short demo schedule ({cfg.device}): " + ", ".join(t for t, _ in TRAINERS))
+    from nnunetv2.paths import nnUNet_results
+
+    for trainer, plans in TRAINERS:
+        folder = os.path.join(nnUNet_results.get(), f"Dataset{TRAIN_ID}_SyntheticLiver",
+                              f"{trainer}__{plans}__3d_fullres", "fold_0")
+        if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
+            print(f"    {trainer}: already trained, reusing {folder}", file=sys.stderr)
+            continue
+        print(f"    {trainer} ({plans})", file=sys.stderr, flush=True)
+        with _quiet(os.path.join(logs, f"train_{trainer}.log")):
+            train(str(TRAIN_ID), "3d_fullres", "0", trainer, plans, device=cfg.device,
+                  continue_training=os.path.isdir(folder))
+
+    _stage("4/6 predict the held-out cases (segmentations + classification.csv)")
+    predictions = {}
+    for trainer, plans in TRAINERS:
+        out = os.path.join(os.path.abspath(cfg.output), "predictions_heldout", trainer)
+        model = os.path.join(nnUNet_results.get(), f"Dataset{TRAIN_ID}_SyntheticLiver",
+                             f"{trainer}__{plans}__3d_fullres")
+        with _quiet(os.path.join(logs, f"predict_{trainer}.log")):
+            predict(os.path.join(test_folder, "imagesTr"), out, model, folds=[0], device=cfg.device,
+                    disable_tta=cfg.device == "cpu", num_processes_preprocessing=1, num_processes_export=1)
+        predictions[trainer] = out
+
+    _stage("5/6 nnunet-ext benchmark on the fold-0 validation predictions")
+    with _quiet(os.path.join(logs, "benchmark.log")):
+        res = run_benchmark(TRAIN_ID, [t if p == "nnUNetPlans" else f"{t}:{p}" for t, p in TRAINERS[1:]],
+                            reference=TRAINERS[0][0], folds=[0], device=cfg.device,
+                            full_model="STDNetTrainer_demo", command="nnunet-ext demo")
+    heldout = heldout_scores(test_folder, predictions)
+
+    _stage("6/6 results")
+    print(results_table(res, heldout, cfg, time.time() - t0))
+    return {"benchmark": res, "heldout": heldout, "predictions": predictions, "env": env}
+
+
+def heldout_scores(test_folder: str, predictions: dict[str, str]) -> dict[str, dict]:
+    """Mean lesion Dice and case accuracy of each method on the held-out set (ground truth of the test dataset)."""
+    import csv
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunet_ext.data.metadata import validate_raw_dataset
+    from nnunet_ext.evaluation.segmentation import dice
+
+    md = validate_raw_dataset(test_folder)
+    out = {}
+    for trainer, folder in predictions.items():
+        dices, correct = [], []
+        for case in sorted(md.cases):
+            ref = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(test_folder, "labelsTr", f"{case}.nii.gz")))
+            pred = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, f"{case}.nii.gz")))
+            dices.append(dice(pred == 2, ref == 2))
+        csv_path = os.path.join(folder, "classification.csv")
+        if os.path.isfile(csv_path):
+            with open(csv_path) as f:
+                for row in csv.DictReader(f):
+                    true = md.cases[row["case_id"]].class_index
+                    correct.append(md.class_names[true] == row["predicted_class"])
+        out[trainer] = {"lesion_dice": float(np.nanmean(dices)),
+                        "accuracy": float(np.mean(correct)) if correct else float("nan"), "n": len(dices)}
+    return out
+
+
+def results_table(res, heldout: dict, cfg: DemoConfig, seconds: float) -> str:
+    """Plain-text summary: fold-0 validation (from the benchmark) and the held-out set, per method."""
+    from nnunet_ext.trainers.schedules import SCHEDULES
+
+    s = SCHEDULES["demo"]
+    lesion = res.lesion[0]
+    dice = {r["method"]: r["mean"] for r in res.segmentation
+            if r["metric"] == "dice" and r["structure"] == lesion and r["subset"] == "all"}
+    cls = (res.classification or {}).get("results", {})
+    lines = [
+        "",
+        f"SHORT SCHEDULE: {s.num_epochs} epochs x {s.iterations_per_epoch} iterations, fold 0 only, "
+        f"{cfg.n_train} synthetic training cases, {cfg.device}. These numbers show that the system runs end to end;",
+        "the schedule is far too short to say which method is better (see examples/synthetic_comparison.py).",
+        "",
+        f"{'method':<32}{'val lesion Dice':>16}{'val AUC':>9}{'val acc':>9}{'held-out Dice':>15}{'held-out acc':>14}",
+    ]
+    for spec in res.methods:
+        m = spec.name
+        summary = cls.get(m, {}).get("summary", {})
+        h = heldout.get(spec.trainer, {})
+        lines.append(f"{m:<32}{_fmt(dice.get(m)):>16}{_fmt(summary.get('auc_ovr_macro')):>9}"
+                     f"{_fmt(summary.get('accuracy')):>9}{_fmt(h.get('lesion_dice')):>15}{_fmt(h.get('accuracy')):>14}")
+    n_val = len(res.cases)
+    lines += [f"(validation: {n_val} fold-0 cases; held-out: {next(iter(heldout.values()))['n']} cases; '-' = the "
+              "method has no classification head)",
+              "", f"report:      {os.path.join(res.output_folder, 'report.md')}",
+              f"plots:       {res.output_folder}/*.png",
+              f"predictions: {os.path.join(os.path.abspath(cfg.output), 'predictions_heldout')}/<method>/"
+              "(*.nii.gz, classification.csv)",
+              f"total time:  {seconds / 60:.1f} min"]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or v != v else f"{v:.3f}"
+
+
+def _demo(args) -> None:
+    cfg = DemoConfig(output=args.o, device=args.device, n_train=args.n_train, n_test=args.n_test,
+                     shape=tuple(args.shape), seed=args.seed, fresh=args.fresh)
+    run_demo(cfg)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="the main job on synthetic multiphase CT (what `make demo` runs)")
+    p.add_argument("-o", default="demo_output", help="output folder (nnUNet_raw/preprocessed/results inside)")
+    p.add_argument("-device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--n-train", type=int, default=DemoConfig.n_train)
+    p.add_argument("--n-test", type=int, default=DemoConfig.n_test)
+    p.add_argument("--shape", type=int, nargs=3, default=list(DemoConfig.shape), metavar=("Z", "Y", "X"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="delete the output folder first")
+    p.set_defaults(func=_demo)
