@@ -1,0 +1,236 @@
+"""STD-Net trainers: networks from vanilla and STD-Net plans, the paper loss, and short training + prediction runs.
+
+Runs use Dataset990 (shared with tests/planners/test_stdnet_planner.py): vanilla nnU-Net plans preprocessed once,
+then ``STDNetPlanner`` through ``nnunet_ext.planners.api.plan_and_preprocess``, which must reuse that data folder.
+Its plans are saved as ``STDNetPlansTiny`` and their temporal modeler shrunk in the JSON (nnU-Net plans are meant to
+be edited), so CPU runs stay small; the paper-size defaults are checked on the meta device.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import torch
+
+DATASET = 990
+TINY_PLANS = "STDNetPlansTiny"
+TINY_TEMPORAL = {"temporal_dim": 32, "temporal_depth": 2, "temporal_heads": 2}
+
+
+def _data_folders(pre: Path) -> list[str]:
+    return sorted(d.name for d in pre.iterdir() if d.is_dir() and d.name != "gt_segmentations")
+
+
+@pytest.fixture(scope="module")
+def dataset(nnunet_dirs):
+    from nnunet_ext.data.fixtures import make_tiny_multiphase_dataset
+    from nnunet_ext.planners.api import plan_and_preprocess
+
+    raw = nnunet_dirs["nnUNet_raw"] / f"Dataset{DATASET}_STDNet"
+    if not (raw / "dataset.json").is_file():
+        make_tiny_multiphase_dataset(str(nnunet_dirs["nnUNet_raw"]), DATASET, n_cases=10, name="STDNet")
+    pre = nnunet_dirs["nnUNet_preprocessed"] / raw.name
+    if not (pre / "nnUNetPlans_3d_fullres").is_dir():
+        plan_and_preprocess(DATASET, "ExperimentPlanner", ("3d_fullres",), num_processes=1)
+    before = _data_folders(pre)
+    log = io.StringIO()
+    with redirect_stdout(log):
+        name = plan_and_preprocess(DATASET, "STDNetPlanner", ("3d_fullres",), num_processes=1, plans_name=TINY_PLANS)
+    plans_file = pre / f"{name}.json"
+    plans = json.loads(plans_file.read_text())
+    for cfg in plans["configurations"].values():
+        if "architecture" in cfg:
+            cfg["architecture"]["arch_kwargs"].update(TINY_TEMPORAL)
+    plans_file.write_text(json.dumps(plans, indent=2))
+    return {"raw": raw, "pre": pre, "results": nnunet_dirs["nnUNet_results"] / raw.name, "log": log.getvalue(),
+            "data_folders_before": before}
+
+
+@pytest.fixture
+def single_cpu(monkeypatch):
+    """``train``/``predict`` set torch's threads to ``os.cpu_count()``; on a busy shared 2-core machine spinning
+    OpenMP threads make tiny runs 2x slower than one thread."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+
+
+def _plans_manager(pre: Path, plans_name: str):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_ext.architectures.base import PLANS_KEY, make_head_settings
+    from nnunet_ext.data.metadata import DatasetMetadata
+
+    pm = PlansManager(str(pre / f"{plans_name}.json"))
+    dj = json.loads((pre / "dataset.json").read_text())
+    pm.plans[PLANS_KEY] = make_head_settings(DatasetMetadata.from_dataset_json(dj), ["CT"] * 3)  # as the trainer does
+    return pm
+
+
+def _predict_and_check(dataset, model_folder: Path, out: Path, fold) -> None:
+    from nnunet_ext.inference.predict import predict
+
+    inp = out.parent / f"{out.name}_input"
+    inp.mkdir(parents=True)
+    for f in sorted((dataset["raw"] / "imagesTr").glob("case_00[01]_*.nii.gz")):
+        shutil.copy(f, inp / f.name)
+    probs = predict(str(inp), str(out), str(model_folder), folds=(fold,), device="cpu", disable_tta=True,
+                    num_processes_preprocessing=1, num_processes_export=1)
+    assert set(probs) == {"case_000", "case_001"}
+    rows = (out / "classification.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + 2 cases
+    assert (out / "case_000.nii.gz").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- building networks
+def test_stdnet_planner_reused_the_vanilla_data_folder(dataset):
+    assert "reusing preprocessed data" in dataset["log"]
+    assert _data_folders(dataset["pre"]) == dataset["data_folders_before"] == ["nnUNetPlans_3d_fullres"]
+    plans = json.loads((dataset["pre"] / f"{TINY_PLANS}.json").read_text())
+    assert plans["configurations"]["3d_fullres"]["data_identifier"] == "nnUNetPlans_3d_fullres"
+
+
+def test_vanilla_plans_give_unet_topology_and_paper_temporal_defaults(dataset):
+    from nnunet_ext.architectures.stdnet import STDNet
+    from nnunet_ext.trainers import STDNetTrainer
+
+    pm = _plans_manager(dataset["pre"], "nnUNetPlans")
+    cm = pm.get_configuration("3d_fullres")
+    with torch.device("meta"):  # the paper-size transformer has 40M parameters; only the structure is checked
+        net = STDNetTrainer.build_network_architecture(pm, cm, 3, 3, True)
+    assert isinstance(net, STDNet) and net.encoder_kind == "plain" and net.share_weights
+    assert list(net.encoder.output_channels) == list(cm.network_arch_init_kwargs["features_per_stage"])
+    t = net.temporal
+    assert (t.dim, len(t.blocks), t.heads, net.num_phases, net.reference_phase) == (768, 6, 8, 3, 1)
+    assert net.cls_head is not None and net.decoder.deep_supervision
+
+
+@pytest.mark.parametrize("trainer,expected", [
+    ("STDNetTrainer", ("transformer", True)),
+    ("STDNetTrainer_noTemporal", ("mean", True)),
+    ("STDNetTrainer_noWeightSharing", ("transformer", False)),
+    ("STDNetTrainer_ConvGRU", ("convgru", True)),
+    ("STDNetTrainer_paperLoss", ("transformer", True)),
+    ("STDNetTrainer_ConvGRU_smoke", ("convgru", True)),
+])
+def test_variants_change_only_their_setting(dataset, trainer, expected):
+    import nnunet_ext.trainers as trainers
+
+    pm = _plans_manager(dataset["pre"], TINY_PLANS)
+    net = getattr(trainers, trainer).build_network_architecture(pm, pm.get_configuration("3d_fullres"), 3, 3, False)
+    assert (net.temporal_kind, net.share_weights) == expected
+    if net.temporal_kind == "transformer":
+        assert net.temporal.dim == 32  # temporal settings come from the STD-Net plans
+    assert not net.decoder.deep_supervision
+
+
+def test_trainer_toggles_deep_supervision_and_paper_loss_keeps_its_wrapper(dataset):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    from nnunet_ext.trainers.run import ensure_trainer_path
+    from nnunet_ext.trainers.stdnet import DiceBCELoss
+
+    ensure_trainer_path()
+    tr = get_trainer_from_args(str(DATASET), "3d_fullres", 0, "STDNetTrainer_paperLoss", TINY_PLANS,
+                               device=torch.device("cpu"))
+    tr.initialize()
+    assert isinstance(tr.loss, DeepSupervisionWrapper) and isinstance(tr.loss.loss, DiceBCELoss)
+    tr.set_deep_supervision_enabled(False)
+    assert tr.network.decoder.deep_supervision is False
+    tr.set_deep_supervision_enabled(True)
+    assert tr.network.decoder.deep_supervision is True
+
+
+# ---------------------------------------------------------------------------------------------- the paper loss
+def _naive_dice_bce(logits, labels, a):
+    p = torch.softmax(logits, 1)[:, 1:]
+    y = torch.nn.functional.one_hot(labels, logits.shape[1]).movedim(-1, 1)[:, 1:].float()
+    bce = torch.nn.functional.binary_cross_entropy(p, y)
+    dims = tuple(range(2, p.ndim))
+    dice = 2 * (p * y).sum(dims) / ((p * p).sum(dims) + (y * y).sum(dims))
+    return a * (1 - dice.mean()) + (1 - a) * bce
+
+
+def test_dice_bce_matches_its_definition():
+    from nnunet_ext.trainers.stdnet import DiceBCELoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 6, 6)
+    labels = torch.randint(0, 3, (2, 4, 6, 6))
+    loss = DiceBCELoss(0.3, smooth=0.0)(logits, labels[:, None].float())
+    torch.testing.assert_close(loss, _naive_dice_bce(logits, labels, 0.3), rtol=1e-5, atol=1e-6)
+    perfect = torch.nn.functional.one_hot(labels, 3).movedim(-1, 1).float() * 40 - 20
+    assert DiceBCELoss(0.5)(perfect, labels[:, None].float()) < 1e-6
+
+
+def test_dice_bce_masks_the_ignore_label_and_handles_regions():
+    from nnunet_ext.trainers.stdnet import DiceBCELoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 2, 4, 4)
+    labels = torch.randint(0, 3, (1, 2, 4, 4))
+    with_ignore = labels.clone()
+    with_ignore[:, 0] = 3  # ignore label = highest label
+    masked = DiceBCELoss(0.5, ignore_label=3)(logits, with_ignore[:, None].float())
+    cropped = DiceBCELoss(0.5)(logits[:, :, 1:], labels[:, None, 1:].float())
+    torch.testing.assert_close(masked, cropped, rtol=1e-4, atol=1e-5)
+    regions = (torch.rand(1, 2, 2, 4, 4) > 0.5).float()
+    loss = DiceBCELoss(0.5, has_regions=True)(torch.randn(1, 2, 2, 4, 4, requires_grad=True), regions)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+# ---------------------------------------------------------------------------------------------- training runs
+def test_stdnet_trainer_trains_on_stdnet_plans_and_predicts(dataset, single_cpu, tmp_path):
+    from nnunet_ext.trainers.run import train
+
+    train(str(DATASET), "3d_fullres", "0", "STDNetTrainer_smoke", plans=TINY_PLANS, device="cpu")
+    model = dataset["results"] / f"STDNetTrainer_smoke__{TINY_PLANS}__3d_fullres"
+    ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", weights_only=False, map_location="cpu")
+    assert any(k.startswith("temporal.blocks.") for k in ckpt["network_weights"])
+    assert (model / "fold_0" / "validation" / "classification.csv").is_file()
+    assert _data_folders(dataset["pre"]) == ["nnUNetPlans_3d_fullres"]  # training did not preprocess again
+    _predict_and_check(dataset, model, tmp_path / "pred", 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer,plans", [
+    ("STDNetTrainer_noTemporal_smoke", "nnUNetPlans"),  # vanilla plans: U-Net topology (temporal part unused)
+    ("STDNetTrainer_noWeightSharing_smoke", TINY_PLANS),
+    ("STDNetTrainer_ConvGRU_smoke", TINY_PLANS),
+    ("STDNetTrainer_paperLoss_smoke", TINY_PLANS),
+])
+def test_ablation_and_loss_trainers_train_and_predict(dataset, single_cpu, tmp_path, trainer, plans):
+    from nnunet_ext.trainers.run import train
+
+    train(str(DATASET), "3d_fullres", "1", trainer, plans=plans, device="cpu")
+    model = dataset["results"] / f"{trainer}__{plans}__3d_fullres"
+    assert (model / "fold_1" / "checkpoint_final.pth").is_file()
+    _predict_and_check(dataset, model, tmp_path / "pred", 1)
+
+
+@pytest.mark.slow
+def test_stock_console_scripts_train_and_predict_stdnet(dataset, tmp_path):
+    """``nnUNetv2_train ... -tr STDNetTrainer_smoke -device cpu`` (nnU-Net's own entry point, finding the trainer
+    through nnUNet_extTrainer) and ``nnunet-ext predict`` in subprocesses."""
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ)
+    assert env.get("nnUNet_extTrainer"), "the nnunet_dirs fixture exports nnUNet_extTrainer"
+    subprocess.run([str(bin_dir / "nnUNetv2_train"), str(DATASET), "3d_fullres", "2", "-tr", "STDNetTrainer_smoke",
+                    "-p", TINY_PLANS, "-device", "cpu"], check=True, env=env, capture_output=True, timeout=600)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for f in sorted((dataset["raw"] / "imagesTr").glob("case_002_*.nii.gz")):
+        shutil.copy(f, inp / f.name)
+    subprocess.run([str(bin_dir / "nnunet-ext"), "predict", "-i", str(inp), "-o", str(out), "-d", str(DATASET),
+                    "-c", "3d_fullres", "-tr", "STDNetTrainer_smoke", "-p", TINY_PLANS, "-f", "2", "-device", "cpu",
+                    "--disable_tta", "-npp", "1", "-nps", "1"], check=True, env=env, capture_output=True, timeout=600)
+    assert len((out / "classification.csv").read_text().strip().splitlines()) == 2
+    assert (out / "case_002.nii.gz").is_file()
