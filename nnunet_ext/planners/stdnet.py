@@ -144,14 +144,12 @@ class _STDNetPlanning:
             return plans
         vanilla = load_json(vanilla_file)
         changed = False
-        for name, cfg in plans["configurations"].items():
-            if "data_identifier" not in cfg:
+        for name in ("2d", "3d_fullres", "3d_lowres"):  # the planned ones; custom configurations stay untouched
+            cfg, other = plans["configurations"].get(name), vanilla["configurations"].get(name, {})
+            if cfg is None or "data_identifier" not in cfg or "data_identifier" not in other:
                 continue
-            other = vanilla["configurations"].get(name, {})
-            if "data_identifier" in other and same_preprocessing(cfg, other, plans, vanilla):
-                wanted = other["data_identifier"]
-            else:
-                wanted = f"{self.plans_identifier}_{name}"
+            wanted = other["data_identifier"] if same_preprocessing(cfg, other, plans, vanilla) \
+                else f"{self.plans_identifier}_{name}"
             if cfg["data_identifier"] != wanted:
                 cfg["data_identifier"], changed = wanted, True
         if changed:

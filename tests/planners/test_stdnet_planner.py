@@ -71,6 +71,20 @@ def test_different_preprocessing_gets_its_own_data_identifier(planned):
     assert plans["configurations"]["3d_fullres"]["data_identifier"] == "STDNetPlansCoarse_3d_fullres"
 
 
+def test_same_preprocessing_compares_what_defines_the_data(planned):
+    from nnunet_ext.planners.stdnet import same_preprocessing
+
+    plans = _load(planned, "nnUNetPlans")
+    cfg = plans["configurations"]["3d_fullres"]
+    assert same_preprocessing(cfg, json.loads(json.dumps(cfg)), plans, plans)
+    for key, value in (("spacing", [3.0, 1.5, 1.5]), ("normalization_schemes", ["ZScoreNormalization"] * 3),
+                       ("resampling_fn_data_kwargs", {**cfg["resampling_fn_data_kwargs"], "order": 1})):
+        assert not same_preprocessing({**cfg, key: value}, cfg, plans, plans), key
+    assert not same_preprocessing(cfg, cfg, {**plans, "transpose_forward": [2, 1, 0]}, plans)
+    # the network and the batch do not define the data
+    assert same_preprocessing({**cfg, "batch_size": 7, "architecture": {}}, cfg, plans, plans)
+
+
 def test_residual_preset_differs_only_in_constants(planned):
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
 
