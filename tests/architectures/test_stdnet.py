@@ -200,3 +200,18 @@ def test_invalid_arguments_fail_clearly(kwargs, match):
 def test_wrong_channel_count_at_forward_fails_clearly():
     with pytest.raises(ValueError, match="phase"):
         make(3)(torch.randn(1, 2, *PATCH))
+
+
+def test_flops_count_on_the_meta_device():
+    """Paper-size FLOP/memory figures are computed without allocating anything."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = {}
+    for n in (1, 3):
+        with torch.device("meta"):
+            net = make(n)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            net(torch.randn(1, n, *PATCH, device="meta"), return_heads=True)["cls"].sum().backward()
+        flops[n] = counter.get_total_flops()
+    assert 0 < flops[1] < flops[3]
