@@ -243,7 +243,7 @@ def _lesion_parameters(rng: np.random.Generator, lesion_type: str) -> dict:
     elif lesion_type == "metastasis":  # arterial rim (v=0) to homogeneous (v=1), peripheral washout, target fill
         p.update(base=rng.uniform(30, 45), amp=rng.uniform(25, 90), rim=rng.uniform(0.25, 0.45),
                  core_base=rng.uniform(20, 40), core_amp=rng.uniform(25, 65),
-                 arterial_core=rng.uniform(0.0, 1.0) ** 1.5,
+                 arterial_core=rng.uniform(0.0, 1.0),
                  margin_mm=rng.uniform(2.5, 4.0) if rng.random() < 0.5 else 0.3, irregularity=rng.uniform(0.1, 0.25))
     elif lesion_type == "hemangioma":  # nodules at blood-pool density, centripetal fill, a central scar in some
         p.update(base=rng.uniform(30, 45), amp=rng.uniform(0.7, 0.9), fill_scale=3.0 if rng.random() < 0.1 else 1.0,
