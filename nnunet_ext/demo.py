@@ -24,8 +24,14 @@ import time
 from dataclasses import dataclass
 
 TRAIN_ID, TEST_ID = 500, 501
-TRAINERS = (("nnUNetTrainer_demo", "nnUNetPlans"), ("EarlyFusionTrainer_demo", "nnUNetPlans"),
-            ("STDNetTrainer_demo", "STDNetPlans"))
+
+
+def trainers(device: str) -> tuple[tuple[str, str], ...]:
+    """(trainer, plans) of the demo. On a CPU STD-Net uses ``STDNetPlansCPU`` (reduced temporal modeler, D=64, L=2);
+    on a GPU the paper's ``STDNetPlans`` (D=768, L=6, h=8)."""
+    stdnet_plans = "STDNetPlansCPU" if device == "cpu" else "STDNetPlans"
+    return (("nnUNetTrainer_demo", "nnUNetPlans"), ("EarlyFusionTrainer_demo", "nnUNetPlans"),
+            ("STDNetTrainer_demo", stdnet_plans))
 
 
 @dataclass
@@ -97,12 +103,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     _stage("2/6 plan and preprocess: vanilla nnU-Net plans, then STDNetPlanner (reuses the vanilla data)")
     with _quiet(os.path.join(logs, "plan.log")):
         plan_and_preprocess(TRAIN_ID, "ExperimentPlanner", ("3d_fullres",), num_processes=2)
-        plan_and_preprocess(TRAIN_ID, "STDNetPlanner", ("3d_fullres",), num_processes=2)
+        plan_and_preprocess(TRAIN_ID, "STDNetPlannerCPU" if cfg.device == "cpu" else "STDNetPlanner", ("3d_fullres",),
+                            num_processes=2)
 
-    _stage(f"3/6 train fold 0 on the short demo schedule ({cfg.device}): " + ", ".join(t for t, _ in TRAINERS))
+    methods = trainers(cfg.device)
+    _stage(f"3/6 train fold 0 on the short demo schedule ({cfg.device}): " + ", ".join(t for t, _ in methods))
     from nnunetv2.paths import nnUNet_results
 
-    for trainer, plans in TRAINERS:
+    for trainer, plans in methods:
         folder = os.path.join(nnUNet_results.get(), f"Dataset{TRAIN_ID}_SyntheticLiver",
                               f"{trainer}__{plans}__3d_fullres", "fold_0")
         if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
@@ -115,7 +123,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     _stage("4/6 predict the held-out cases (segmentations + classification.csv)")
     predictions = {}
-    for trainer, plans in TRAINERS:
+    for trainer, plans in methods:
         out = os.path.join(os.path.abspath(cfg.output), "predictions_heldout", trainer)
         model = os.path.join(nnUNet_results.get(), f"Dataset{TRAIN_ID}_SyntheticLiver",
                              f"{trainer}__{plans}__3d_fullres")
@@ -126,8 +134,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     _stage("5/6 nnunet-ext benchmark on the fold-0 validation predictions")
     with _quiet(os.path.join(logs, "benchmark.log")):
-        res = run_benchmark(TRAIN_ID, [t if p == "nnUNetPlans" else f"{t}:{p}" for t, p in TRAINERS[1:]],
-                            reference=TRAINERS[0][0], folds=[0], device=cfg.device,
+        res = run_benchmark(TRAIN_ID, [t if p == "nnUNetPlans" else f"{t}:{p}" for t, p in methods[1:]],
+                            reference=methods[0][0], folds=[0], device=cfg.device,
                             full_model="STDNetTrainer_demo", command="nnunet-ext demo")
     heldout = heldout_scores(test_folder, predictions)
 

@@ -62,8 +62,6 @@ def predict(input_folder: str, output_folder: str, model_folder: str, folds=None
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("-device cuda was requested but no CUDA device is available. Fix: pass -device cpu.")
-    if dev.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
     predictor = ClassifyingPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
                                      perform_everything_on_device=dev.type == "cuda", device=dev, verbose=verbose,
                                      verbose_preprocessing=verbose, allow_tqdm=True)

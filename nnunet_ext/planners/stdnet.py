@@ -171,6 +171,16 @@ class STDNetPlanner(_STDNetPlanning, ExperimentPlanner):
 
 
 @register_planner
+class STDNetPlannerCPU(STDNetPlanner):
+    """Plain encoder with a reduced temporal modeler (D=64, L=2, h=4), plans ``STDNetPlansCPU``: for runs on a CPU
+    (``make demo``, smoke tests), where the paper-size transformer (D=768, L=6, h=8; 40M parameters, 390 MB
+    checkpoints) dominates the run time. Not the paper's configuration: report results of it as such."""
+
+    default_plans_name = "STDNetPlansCPU"
+    stdnet_settings = {**_STDNetPlanning.stdnet_settings, "temporal_depth": 2, "temporal_heads": 4, "temporal_dim": 64}
+
+
+@register_planner
 class STDNetPlannerM(_STDNetPlanning, ResEncUNetPlanner):
     """Residual encoder, ~9-11 GB target (as nnU-Net ResEnc M), plans ``STDNetPlansM``."""
 

@@ -25,7 +25,5 @@ def train(dataset: str, configuration: str, fold: str, trainer: str = "EarlyFusi
 
     ensure_trainer_path()
     dev = torch.device(device)
-    if dev.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
     run_training(dataset, configuration, fold, trainer, plans, continue_training=continue_training,
                  only_run_validation=only_validation, device=dev)
