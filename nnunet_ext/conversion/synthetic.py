@@ -4,8 +4,8 @@ The generators themselves live in :mod:`nnunet_ext.conversion.synthetic_liver` (
 whose class is defined by their enhancement dynamics, for STD-Net) and :mod:`nnunet_ext.conversion.synthetic_mri`
 (multi-sequence MRI lesions whose class is defined by the cross-sequence signal pattern and the lesion texture, for
 DeSamba). This module holds what both share: writing a raw nnU-Net dataset atomically (temporary folder, rename at
-the end, refusal to replace a different dataset), smooth random fields, random rigid motion and NIfTI output, plus the
-CLI registration.
+the end, refusal to replace a different dataset), smooth random fields, random rigid motion, simple geometry
+(ellipsoids, tubes) and NIfTI output, plus the CLI registration.
 """
 
 from __future__ import annotations
@@ -124,6 +124,18 @@ def base_dataset_json(channel_names: Sequence[str], labels: dict[str, int], n_ca
             METADATA_KEY: metadata_block}
 
 
+def check_geometry(shape: Sequence[int], spacing: Sequence[float], min_shape: Sequence[int], what: str
+                   ) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """``shape`` as 3 ints >= ``min_shape`` and ``spacing`` as 3 positive floats (z, y, x), else a clear error."""
+    shape, spacing = tuple(int(s) for s in shape), tuple(float(s) for s in spacing)
+    if len(shape) != 3 or len(spacing) != 3 or any(s <= 0 for s in spacing):
+        raise SyntheticDataError(f"shape and spacing must be 3 positive values (z, y, x), got {shape}, {spacing}.")
+    if any(s < m for s, m in zip(shape, min_shape)):
+        raise SyntheticDataError(f"shape {shape} is too small for {what}: need at least {tuple(min_shape)} voxels "
+                                 f"(z, y, x). Fix: pass a larger shape, e.g. {tuple(2 * m for m in min_shape)}.")
+    return shape, spacing
+
+
 def write_nifti(array: np.ndarray, path: str, spacing_zyx: Sequence[float]) -> None:
     """Write a ``(Z, Y, X)`` array with identity direction (LPS) and the given spacing."""
     image = sitk.GetImageFromArray(array)
@@ -192,6 +204,34 @@ def correlated_noise(rng: np.random.Generator, shape: Sequence[int], std: float,
     """Gaussian noise blurred by ``sigma_vox`` (like a CT reconstruction kernel), rescaled to ``std``."""
     noise = ndi.gaussian_filter(rng.standard_normal(tuple(shape), dtype=np.float32), sigma_vox)
     return noise * np.float32(std / max(float(noise.std()), 1e-6))
+
+
+# --------------------------------------------------------------------------- geometry
+def ellipsoid_radius(coords, center, radii) -> np.ndarray:
+    """Normalised radius (1 on the surface) of an axis-aligned ellipsoid; ``coords`` are broadcastable (z, y, x)."""
+    return np.sqrt(sum(((c - m) / r) ** 2 for c, m, r in zip(coords, center, radii)))
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    """``v`` scaled to length 1 (unchanged direction; zero stays near zero)."""
+    return v / max(float(np.linalg.norm(v)), 1e-9)
+
+
+def draw_tube(w: np.ndarray, grid, a: np.ndarray, b: np.ndarray, radius: float, h: float) -> None:
+    """Max-composite a tube of ``radius`` (mm) from ``a`` to ``b`` (mm) into ``w`` with a one-voxel soft edge."""
+    sel = []
+    for g, lo_v, hi_v in zip(grid, np.minimum(a, b) - radius - 2 * h, np.maximum(a, b) + radius + 2 * h):
+        i0, i1 = np.searchsorted(g, lo_v), np.searchsorted(g, hi_v)
+        if i1 <= i0:
+            return
+        sel.append(slice(i0, i1))
+    gz, gy, gx = (g[s] for g, s in zip(grid, sel))
+    p = (gz[:, None, None] - a[0], gy[None, :, None] - a[1], gx[None, None, :] - a[2])
+    d = b - a
+    t = np.clip((p[0] * d[0] + p[1] * d[1] + p[2] * d[2]) / max(float(d @ d), 1e-9), 0.0, 1.0)
+    dist = np.sqrt(sum((pi - t * di) ** 2 for pi, di in zip(p, d)))
+    region = w[tuple(sel)]
+    np.maximum(region, np.clip(0.5 + (radius - dist) / h, 0.0, 1.0), out=region)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -4,27 +4,33 @@ their enhancement *dynamics*.
 Built for the comparison STD-Net makes ("Spatio-temporal decoupling network for multiphasic liver lesion
 characterization", npj Digital Medicine 2025): a shared per-phase encoder plus a transformer over phases versus early
 fusion of the phases as channels. That comparison only means something if no single phase determines a lesion's
-class, so the generator is built around LI-RADS-style enhancement patterns drawn with wide within-class variation:
+class, so the lesion types follow LI-RADS-style enhancement patterns with wide within-class variation:
 
-* **HCC-like**: arterial phase hyperenhancement, then washout (hypo to the liver in portal venous / delayed phases),
-  optionally an enhancing capsule in the late phases;
-* **metastasis-like**: rim enhancement (ring brighter than the centre) with slow central (target-like) fill;
-* **hemangioma-like** (benign): peripheral nodular enhancement as bright as the blood pool, progressive centripetal
-  fill-in (some flash-filling);
-* **cyst-like** (benign): water density (0-20 HU) and no enhancement.
+* **HCC-like**: arterial phase hyperenhancement (APHE), then washout (hypo to the liver in the portal venous and
+  delayed phases); an enhancing capsule in the late phases or central necrosis in some;
+* **metastasis-like**: arterial rim enhancement (ring brighter than the centre) up to homogeneous hyperenhancement,
+  then peripheral washout with progressive central (target-like) fill;
+* **hemangioma-like** (benign): peripheral nodular enhancement at blood-pool density with progressive centripetal
+  fill-in (some flash-filling, some with a central scar that never fills);
+* **cyst-like** (benign): water density (0-20 HU) in every phase, no enhancement, sharp margins.
 
-Every curve is a function of the phase *time* after injection (:data:`PHASE_TIMES_S`), so any 1 to 6 phases work.
-Per case the circulation time, contrast dose, liver density (steatosis shifts it by tens of HU) and liver enhancement
-vary; per lesion the baseline density, enhancement amplitude and timing vary. These shifts move a lesion's
-lesion-minus-liver contrast in every phase alike, so a single phase overlaps between classes while the changes
-across phases (wash-in, washout, fill-in, no change) separate them; ``tests/conversion/test_synthetic_liver.py``
-checks this with a logistic regression on per-phase features.
+Every curve is a function of the phase *time* after injection (:data:`PHASE_TIMES_S`, monotone interpolation of knot
+values in log time), so any 1 to 6 phases work. Per case the circulation time, contrast dose, liver density
+(steatosis: 20-75 HU unenhanced) and liver enhancement vary; per lesion the enhancement amplitude and timing vary, and
+two *static* offsets (identical in every phase) are drawn wide: the lesion's overall density and the density of its
+centre against its periphery. The static offsets shift a lesion's lesion-minus-liver and rim-minus-core contrasts in
+every phase alike, so within one phase the types overlap, while the changes across phases (wash-in, washout, rim
+washout, fill-in, no change) separate them. ``tests/conversion/test_synthetic_liver.py`` checks this with a logistic
+regression on per-phase features: all phases together ~0.85-0.93 case-class accuracy, any single phase <= ~0.70.
 
 Geometry: arrays are ``(z, y, x)`` with identity direction (LPS): x toward the patient's left, y toward posterior, z
-toward superior; the liver sits in the right upper abdomen (low x, high z). All phases are composed on the reference
-grid; every other phase is then moved by a random rigid motion (the STD-Net paper registers phases to the portal
-venous phase; here the misregistration is left in), blurred (partial volume) and given correlated noise. Labels are
-liver (1) and lesion (2) on the reference phase. The text per case comes from
+toward superior; body with subcutaneous fat and muscle wall, bowel/visceral fat, stomach, spleen, kidneys, lung bases,
+spine with discs, aorta and IVC, and the liver (a deformed right lobe plus a smaller anterior left lobe) with a
+portal-vein tree, hepatic arteries along its first branches and three hepatic veins (arteries enhance early, veins
+later). All phases are composed on the reference grid; every other phase is then moved by a random rigid motion (the
+STD-Net paper registers phases to the portal venous phase; here the misregistration is left in), blurred (partial
+volume, sigma 0.5-0.85 voxel) and given correlated noise (7-13 HU). Labels are liver (1) and lesion (2) on the
+reference phase; the case class is the class of the largest lesion. The text per case is
 :func:`nnunet_ext.conversion.describe.describe_lesions` applied to the registered, noise-free phases.
 """
 
@@ -46,9 +52,13 @@ from nnunet_ext.conversion.synthetic import (
     apply_rigid,
     base_dataset_json,
     case_rngs,
+    check_geometry,
     correlated_noise,
+    draw_tube,
+    ellipsoid_radius,
     random_rigid,
     smooth_field,
+    unit,
     write_dataset,
     write_nifti,
 )
@@ -155,17 +165,6 @@ def resolve_class_map(class_map: Mapping[str, str] | None) -> tuple[dict[str, st
     return {t: cmap[t] for t in LESION_TYPES if t in cmap}, names
 
 
-def _check_geometry(shape, spacing) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    shape = tuple(int(s) for s in shape)
-    spacing = tuple(float(s) for s in spacing)
-    if len(shape) != 3 or len(spacing) != 3 or any(s <= 0 for s in spacing):
-        raise SyntheticDataError(f"shape and spacing must be 3 positive values (z, y, x), got {shape}, {spacing}.")
-    if any(s < m for s, m in zip(shape, MIN_SHAPE)):
-        raise SyntheticDataError(f"shape {shape} is too small for a liver with lesions: need at least {MIN_SHAPE} "
-                                 "voxels (z, y, x). Fix: pass a larger shape, e.g. (32, 48, 48).")
-    return shape, spacing
-
-
 # --------------------------------------------------------------------------- one case
 def synthesize_liver_case(rng: np.random.Generator, shape: Sequence[int] = (64, 96, 96),
                           spacing: Sequence[float] = (2.0, 1.5, 1.5),
@@ -175,7 +174,7 @@ def synthesize_liver_case(rng: np.random.Generator, shape: Sequence[int] = (64, 
                           with_text: bool = True) -> LiverCase:
     """Generate one case in memory (see the module docstring). ``class_name`` picks the case class (default:
     random); the dominant (largest) lesion has a lesion type of that class."""
-    shape, spacing = _check_geometry(shape, spacing)
+    shape, spacing = check_geometry(shape, spacing, MIN_SHAPE, "a liver with lesions")
     names, times, ref = resolve_phases(phases, reference_phase)
     cmap, class_names = resolve_class_map(class_map)
     if class_name is None:
@@ -338,11 +337,6 @@ _TEXTURE_HU = {"fat": 6.0, "visceral_fat": 10.0, "bowel": 15.0, "muscle": 5.0, "
                "bone_marrow": 40.0, "lung": 30.0}
 
 
-def _ellipsoid(coords, center, radii) -> np.ndarray:
-    """Normalised radius (1 on the surface) of an axis-aligned ellipsoid; ``coords`` are broadcastable (z, y, x)."""
-    return np.sqrt(sum(((c - m) / r) ** 2 for c, m, r in zip(coords, center, radii)))
-
-
 def build_anatomy(rng: np.random.Generator, shape, spacing) -> dict:
     """Tissue map (``(Z, Y, X)`` uint8 indices into :data:`TISSUES`), texture (HU), liver mask and vessel weights.
     Positions are fractions of the body half-axes (x toward the patient's left, y posterior, z superior)."""
@@ -369,39 +363,37 @@ def build_anatomy(rng: np.random.Generator, shape, spacing) -> dict:
     tissue[interior] = visceral[interior]
 
     def put(mask, name):
-        tissue[mask & interior] = T[name]
+        tissue[np.broadcast_to(mask, shape) & interior] = T[name]
 
-    e = _ellipsoid((z, y, x), (j(0.3) * hz, j(-0.25) * ay, j(0.45) * ax), (0.3 * hz, 0.25 * ay, 0.22 * ax))
+    def ell(center, radii):  # normalised radius; center and radii as fractions of (hz, ay, ax)
+        return ellipsoid_radius((z, y, x), np.multiply(center, (hz, ay, ax)), np.multiply(radii, (hz, ay, ax)))
+
+    def cyl(center_yx, radii_yx):  # along z
+        return ellipsoid_radius((0, y, x), (0, center_yx[0] * ay, center_yx[1] * ax), (1, radii_yx[0], radii_yx[1]))
+
+    e = ell((j(0.3), j(-0.25), j(0.45)), (0.3, 0.25, 0.22))  # stomach: wall, fluid, gas anteriorly (low y)
     put(e <= 1.0, "stomach_wall")
-    put((e <= 0.8) & (y > (-0.25 - 0.15) * ay), "fluid")
-    put((e <= 0.8) & (y <= (-0.25 - 0.15) * ay), "gas")
-    put(_ellipsoid((z, y, x), (j(0.25) * hz, j(0.3) * ay, j(0.6) * ax), (0.35 * hz, 0.3 * ay, 0.18 * ax)) <= 1.0,
-        "spleen")
+    put((e <= 0.8) & (y > -0.4 * ay), "fluid")
+    put((e <= 0.8) & (y <= -0.4 * ay), "gas")
+    put(ell((j(0.25), j(0.3), j(0.6)), (0.35, 0.3, 0.18)) <= 1.0, "spleen")
     # liver: right lobe plus a smaller anterior left lobe, smoothly deformed
-    right = _ellipsoid((z, y, x), (j(0.1) * hz, j(-0.02) * ay, j(-0.38) * ax),
-                       np.array([0.62 * hz, 0.62 * ay, 0.42 * ax]) * rng.uniform(0.9, 1.1, 3))
-    left = _ellipsoid((z, y, x), (j(0.3) * hz, j(-0.4) * ay, j(0.1) * ax),
-                      np.array([0.32 * hz, 0.28 * ay, 0.42 * ax]) * rng.uniform(0.85, 1.1, 3))
-    liver_f = np.minimum(right, left) * (1.0 + 0.08 * smooth_field(rng, shape, 10.0))
-    put(liver_f <= 1.0, "liver")
+    right_c, left_c = (j(0.1), j(-0.02), j(-0.38)), (j(0.3), j(-0.4), j(0.1))
+    right = ell(right_c, np.array([0.62, 0.62, 0.42]) * rng.uniform(0.9, 1.1, 3))
+    left = ell(left_c, np.array([0.32, 0.28, 0.42]) * rng.uniform(0.85, 1.1, 3))
+    put(np.minimum(right, left) * (1.0 + 0.08 * smooth_field(rng, shape, 10.0)) <= 1.0, "liver")
     for side, dz in ((-1, -0.45), (1, -0.3)):  # kidneys, the right one lower
-        k = _ellipsoid((z, y, x), (j(dz) * hz, j(0.5) * ay, side * j(0.5) * ax), (0.3 * hz, 0.2 * ay, 0.15 * ax))
+        k = ell((j(dz), j(0.5), side * j(0.5)), (0.3, 0.2, 0.15))
         put(k <= 1.0, "kidney_cortex")
         put(k <= 0.7, "kidney_medulla")
     for side in (-1, 1):
-        put(_ellipsoid((z, y, x), (1.25 * hz, 0.1 * ay, side * 0.45 * ax), (0.55 * hz, 0.75 * ay, 0.4 * ax)) <= 1.0,
-            "lung")
-    put(np.broadcast_to(_ellipsoid((0, y, x), (0, 0.38 * ay, 0.15 * ax), (1, 0.08 * ax, 0.08 * ax)) <= 1, shape),
-        "aorta")
-    put(np.broadcast_to(_ellipsoid((0, y, x), (0, 0.3 * ay, -0.2 * ax), (1, 0.085 * ax, 0.085 * ax)) <= 1, shape),
-        "ivc")
-    for side in (-1, 1):
-        put(np.broadcast_to(_ellipsoid((0, y, x), (0, 0.8 * ay, side * 0.2 * ax), (1, 0.16 * ay, 0.15 * ax)) <= 1,
-                            shape), "muscle")
-    spine = _ellipsoid((0, y, x), (0, 0.62 * ay, 0.0), (1, 0.13 * ax, 0.13 * ax))
+        put(ell((1.25, 0.1, side * 0.45), (0.55, 0.75, 0.4)) <= 1.0, "lung")
+        put(cyl((0.8, side * 0.2), (0.16 * ay, 0.15 * ax)) <= 1.0, "muscle")  # paraspinal
+    put(cyl((0.38, 0.15), (0.08 * ax, 0.08 * ax)) <= 1.0, "aorta")
+    put(cyl((0.3, -0.2), (0.085 * ax, 0.085 * ax)) <= 1.0, "ivc")
+    spine = cyl((0.62, 0.0), (0.13 * ax, 0.13 * ax))
     disc = np.cos(2 * np.pi * z / rng.uniform(22, 28) + rng.uniform(0, 2 * np.pi)) > 0.85
-    put(np.broadcast_to(spine <= 1.0, shape), "bone_cortex")
-    put(np.broadcast_to(spine <= 0.75, shape), "bone_marrow")
+    put(spine <= 1.0, "bone_cortex")
+    put(spine <= 0.75, "bone_marrow")
     put((spine <= 1.0) & disc, "disc")
 
     liver = tissue == T["liver"]
@@ -416,7 +408,7 @@ def build_anatomy(rng: np.random.Generator, shape, spacing) -> dict:
     texture = scale[tissue] * fine
     body = {"tissue": tissue, "texture": texture, "liver": liver, "spacing": s,
             "coords": (z, y, x), "axes": (hz, ay, ax)}
-    body.update(_vessels(rng, body, (j(0.1) * hz, j(-0.02) * ay, j(-0.38) * ax), (0.3 * hz, -0.4 * ay, 0.1 * ax)))
+    body.update(_vessels(rng, body, *(np.multiply(c, (hz, ay, ax)) for c in (right_c, left_c))))
     return body
 
 
@@ -447,7 +439,7 @@ def _vessels(rng, body, right_center, left_center) -> dict:
         if depth >= 3:
             return
         for _ in range(2):
-            turn = Rotation.from_rotvec(_unit(np.cross(direction, rng.standard_normal(3)))
+            turn = Rotation.from_rotvec(unit(np.cross(direction, rng.standard_normal(3)))
                                         * np.deg2rad(rng.uniform(25, 45))).as_matrix()
             grow(kind, end, turn @ direction, length * rng.uniform(0.6, 0.8), radius * 0.72, depth + 1)
 
@@ -459,12 +451,12 @@ def _vessels(rng, body, right_center, left_center) -> dict:
     segments["portal"].append((hilum + np.array([-0.25 * hz, 0.1 * ay, 0.25 * ax]), hilum, trunk))
     for target in (np.asarray(right_center), np.asarray(left_center)):
         d = target - hilum
-        grow("portal", hilum, _unit(d), 0.6 * np.linalg.norm(d), 0.75 * trunk, 1)
+        grow("portal", hilum, unit(d), 0.6 * np.linalg.norm(d), 0.75 * trunk, 1)
     top = liver_mm[liver_mm[:, 0] > np.percentile(liver_mm[:, 0], 90)]
     confluence = top[np.argmin(np.abs(top[:, 2] + 0.1 * ax))]
     for target in (right_center + np.array([-0.5 * hz, 0.0, -0.15 * ax]), liver_mm.mean(0), left_center):
         d = np.asarray(target) - confluence
-        grow("hepatic_vein", confluence, _unit(d), 0.5 * np.linalg.norm(d), 0.05 * ax, 1)
+        grow("hepatic_vein", confluence, unit(d), 0.5 * np.linalg.norm(d), 0.05 * ax, 1)
 
     grid = [(np.arange(a, b) - c) * sp for a, b, c, sp in zip(lo, hi, centre, spacing)]
     allowed = np.isin(body["tissue"][box], [TISSUE_INDEX[t] for t in ("liver", "visceral_fat", "bowel")])
@@ -472,30 +464,9 @@ def _vessels(rng, body, right_center, left_center) -> dict:
     for kind, segs in segments.items():
         w = np.zeros(allowed.shape, np.float32)
         for a, b, r in segs:
-            _draw_tube(w, grid, a, b, r, h)
+            draw_tube(w, grid, a, b, r, h)
         weights[kind] = w * allowed
     return {"vessels": weights, "vessel_box": box, "vessel_segments": {k: len(v) for k, v in segments.items()}}
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-9)
-
-
-def _draw_tube(w: np.ndarray, grid, a: np.ndarray, b: np.ndarray, radius: float, h: float) -> None:
-    """Max-composite a tube of ``radius`` (mm) from ``a`` to ``b`` (mm) into ``w`` with a one-voxel soft edge."""
-    sel = []
-    for g, lo_v, hi_v in zip(grid, np.minimum(a, b) - radius - 2 * h, np.maximum(a, b) + radius + 2 * h):
-        i0, i1 = np.searchsorted(g, lo_v), np.searchsorted(g, hi_v)
-        if i1 <= i0:
-            return
-        sel.append(slice(i0, i1))
-    gz, gy, gx = (g[s] for g, s in zip(grid, sel))
-    p = (gz[:, None, None] - a[0], gy[None, :, None] - a[1], gx[None, None, :] - a[2])
-    d = b - a
-    t = np.clip((p[0] * d[0] + p[1] * d[1] + p[2] * d[2]) / max(float(d @ d), 1e-9), 0.0, 1.0)
-    dist = np.sqrt(sum((pi - t * di) ** 2 for pi, di in zip(p, d)))
-    region = w[tuple(sel)]
-    np.maximum(region, np.clip(0.5 + (radius - dist) / h, 0.0, 1.0), out=region)
 
 
 def place_lesions(rng, body, dominant: str, types: list[str], max_lesions: int, lesion_parameters) -> list[dict]:
@@ -600,7 +571,7 @@ def convert_synthetic_liver(dataset_id: int, n_cases: int = 30, shape: Sequence[
     reference, tabular ``age``/``afp``/``cea``, a text per case) and ``synthetic_truth.json`` (lesion types, sizes,
     motion per phase).
     """
-    shape, spacing = _check_geometry(shape, spacing)
+    shape, spacing = check_geometry(shape, spacing, MIN_SHAPE, "a liver with lesions")
     names, times, ref = resolve_phases(phases, reference_phase)
     cmap, class_names = resolve_class_map(class_map)
     if int(n_cases) < 1 or not 1 <= int(max_lesions) <= 3:

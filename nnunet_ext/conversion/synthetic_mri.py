@@ -34,6 +34,7 @@ from nnunet_ext.conversion.synthetic import (
     SyntheticDataError,
     base_dataset_json,
     case_rngs,
+    check_geometry,
     smooth_field,
     write_dataset,
     write_nifti,
@@ -83,12 +84,7 @@ def _check(sequences, shape, spacing, class_names):
     if not 2 <= len(seqs) <= 3 or any(s not in SEQUENCES for s in seqs) or len(set(seqs)) != len(seqs):
         raise SyntheticDataError(f"sequences {list(seqs)}: synthetic-mri needs 2 or 3 distinct sequences from "
                                  f"{SEQUENCES}. Fix: e.g. sequences=('T1', 'T2', 'T2FS') or ('T1', 'T2').")
-    shape, spacing = tuple(int(s) for s in shape), tuple(float(s) for s in spacing)
-    if len(shape) != 3 or len(spacing) != 3 or any(s <= 0 for s in spacing):
-        raise SyntheticDataError(f"shape and spacing must be 3 positive values (z, y, x), got {shape}, {spacing}.")
-    if any(s < m for s, m in zip(shape, MIN_SHAPE)):
-        raise SyntheticDataError(f"shape {shape} is too small for a vertebra with a lesion: need at least "
-                                 f"{MIN_SHAPE}. Fix: pass a larger shape, e.g. (32, 64, 64).")
+    shape, spacing = check_geometry(shape, spacing, MIN_SHAPE, "a vertebra with a lesion")
     names = tuple(class_names)
     if len(names) != 3 or len(set(names)) != 3 or not all(isinstance(n, str) and n for n in names):
         raise SyntheticDataError(f"class_names must be 3 distinct names (for the patterns {DEFAULT_CLASSES}), got "

@@ -160,6 +160,8 @@ def lesion_features(image: np.ndarray, seg: np.ndarray, spacing) -> np.ndarray:
     lesion = lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1
     depth = ndi.distance_transform_edt(lesion, sampling=spacing)
     rim, core = lesion & (depth <= 0.5 * depth.max()), depth > 0.5 * depth.max()
+    if not rim.any():  # a lesion one voxel thick everywhere: no rim/core structure
+        rim = core = lesion
     parenchyma = seg == 1
     return np.array([[ph[lesion].mean() - ph[parenchyma].mean(), ph[rim].mean() - ph[core].mean()] for ph in image])
 
@@ -188,7 +190,7 @@ def test_no_single_phase_separates_the_classes(seed):
         feats.append(lesion_features(case.image, case.seg, spacing))
         types.append(case.lesion_type)
         classes.append(case.class_name)
-    feats, types, classes = np.nan_to_num(np.array(feats)), np.array(types), np.array(classes)
+    feats, types, classes = np.array(feats), np.array(types), np.array(classes)
     all_phases = class_accuracy(feats.reshape(len(feats), -1), types, classes)
     single = [class_accuracy(feats[:, p], types, classes) for p in range(feats.shape[1])]
     print(f"seed {seed}: all phases {all_phases:.3f}, single phases {np.round(single, 3).tolist()}")
