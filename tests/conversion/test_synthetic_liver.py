@@ -142,6 +142,18 @@ def test_lesion_sizes_include_small_ones_and_the_dominant_lesion_sets_the_class(
         assert 1 <= len(c.lesions) <= 3
 
 
+def test_class_map_renames_merges_and_drops_lesion_types(tmp_path):
+    cmap = {"hcc": "malignant", "metastasis": "malignant", "cyst": "benign"}  # no hemangiomas at all
+    folder = convert_synthetic_liver(955, n_cases=4, class_map=cmap, output_root=str(tmp_path), progress=False,
+                                     **TINY)
+    md = validate_raw_dataset(folder)
+    assert md.class_names == ["malignant", "benign"]
+    truth = json.load(open(f"{folder}/{TRUTH_FILE}"))
+    for case_id, rec in md.cases.items():
+        lesion_types = {les["type"] for les in truth[case_id]["lesions"]}
+        assert lesion_types <= set(cmap) and cmap[truth[case_id]["lesion_type"]] == md.class_names[rec.class_index]
+
+
 def test_cli_registers_synthetic_liver(tmp_path, capsys):
     from nnunet_ext.cli import main
 
@@ -181,7 +193,8 @@ def class_accuracy(features: np.ndarray, types: np.ndarray, classes: np.ndarray)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_no_single_phase_separates_the_classes(seed):
     """The class lives in the dynamics: all phases together classify well, any one phase much worse. Observed over
-    seeds 0-9 (150 cases, 32x48x48 at 4x3x3 mm): all phases 0.85-0.93, best single phase 0.59-0.70, gap >= 0.17."""
+    seeds 0-9 (150 cases, 32x48x48 at 4x3x3 mm, no motion): all phases 0.86-0.91, best single phase 0.58-0.69,
+    gap >= 0.19."""
     shape, spacing, names = (32, 48, 48), (4.0, 3.0, 3.0), ["HCC", "metastasis", "benign"]
     feats, types, classes = [], [], []
     for i, rng in enumerate(case_rngs(seed, 150)):
@@ -196,4 +209,4 @@ def test_no_single_phase_separates_the_classes(seed):
     print(f"seed {seed}: all phases {all_phases:.3f}, single phases {np.round(single, 3).tolist()}")
     assert all_phases >= 0.8
     assert max(single) <= 0.75
-    assert max(single) <= all_phases - 0.12
+    assert max(single) <= all_phases - 0.15
