@@ -15,6 +15,10 @@ therefore makes the class depend on both, and on neither alone:
   but overlapping distributions ("lytic": fine, high-frequency texture and irregular margins; "sclerotic": smooth
   texture, smooth sharp margins; "inflammatory": smooth texture, blurred ill-defined margins).
 
+``tests/conversion/test_synthetic_mri.py`` checks this with a logistic regression on per-sequence lesion features
+(log contrast to the surrounding marrow, high-frequency texture, ROI irregularity): all three sequences ~0.84-0.91
+accuracy, any single sequence <= ~0.63 (two sequences: ~0.81-0.95 against <= ~0.69 for either alone).
+
 Images are in arbitrary MRI units with a per-sequence gain, a smooth bias field and Rician noise, so nnU-Net's z-score
 normalisation (channel names are the sequence names) is appropriate. Arrays are ``(z, y, x)``; z runs along the spine.
 Labels: lesion ROI (1). Tabular: age, a CRP-like and an ALP-like marker, weakly associated with the class.
