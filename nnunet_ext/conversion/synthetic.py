@@ -236,17 +236,27 @@ def draw_tube(w: np.ndarray, grid, a: np.ndarray, b: np.ndarray, radius: float, 
 
 # --------------------------------------------------------------------------- CLI
 def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+    except ValueError as e:
+        raise SyntheticDataError(f"--shape {text!r}: expected integers z,y,x, e.g. 64,96,96.") from e
 
 
 def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(",") if v)
+    try:
+        return tuple(float(v) for v in text.split(",") if v)
+    except ValueError as e:
+        raise SyntheticDataError(f"--spacing {text!r}: expected numbers z,y,x in mm, e.g. 2,1.5,1.5.") from e
 
 
 def _liver(args) -> None:
     from nnunet_ext.conversion.synthetic_liver import convert_synthetic_liver
 
-    class_map = json.loads(args.class_map) if args.class_map else None
+    try:
+        class_map = json.loads(args.class_map) if args.class_map else None
+    except ValueError as e:
+        raise SyntheticDataError(f"--class_map is not valid JSON ({e}); e.g. '{{\"hcc\": \"HCC\", \"cyst\": "
+                                 "\"benign\"}'.") from e
     phases = [p.split("=", 1) if "=" in p else p for p in args.phases]
     phases = [(p[0], float(p[1])) if isinstance(p, list) else p for p in phases]
     folder = convert_synthetic_liver(args.d, n_cases=args.n, shape=_ints(args.shape), phases=phases, seed=args.seed,
