@@ -317,7 +317,7 @@ def _emit(record: dict, out: str | None) -> None:
     line = json.dumps(record)
     print(line, flush=True)
     if out:
-        with open(out, "a") as f:
+        with open(out, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
 

@@ -49,7 +49,7 @@ class DemoConfig:
 def _quiet(log_path: str):
     """Send nnU-Net's prints (stdout) to a log file; progress bars (stderr) stay on the terminal."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "a") as f, contextlib.redirect_stdout(f):
+    with open(log_path, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f):
         yield
 
 
@@ -164,7 +164,7 @@ def heldout_scores(test_folder: str, predictions: dict[str, str]) -> dict[str, d
             dices.append(dice(pred == 2, ref == 2))
         csv_path = os.path.join(folder, "classification.csv")
         if os.path.isfile(csv_path):
-            with open(csv_path) as f:
+            with open(csv_path, encoding="utf-8") as f:
                 for row in csv.DictReader(f):
                     true = md.cases[row["case_id"]].class_index
                     correct.append(md.class_names[true] == row["predicted_class"])

@@ -31,9 +31,9 @@ def test_validate_reports_bad_metadata(tmp_path, capsys):
     folder = make_tiny_multiphase_dataset(str(tmp_path), 911, n_cases=3, with_tabular=False)
     assert main(["validate", "--folder", folder]) == 0
     assert "metadata OK: 3 cases, 3 labeled" in capsys.readouterr().out
-    dj = json.load(open(f"{folder}/dataset.json"))
+    dj = json.load(open(f"{folder}/dataset.json", encoding="utf-8"))
     dj["nnunet_ext"]["cases"]["case_001"]["class"] = "adenoma"
-    json.dump(dj, open(f"{folder}/dataset.json", "w"))
+    json.dump(dj, open(f"{folder}/dataset.json", "w", encoding="utf-8"))
     assert main(["validate", "--folder", folder]) == 2
     err = capsys.readouterr().err
     assert "'case_001'" in err and "'adenoma'" in err and "Fix" in err

@@ -22,7 +22,8 @@ DATASET = 902
 
 
 def run(cmd: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace",
+                         timeout=timeout)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return res
 
@@ -57,12 +58,12 @@ def test_stock_train_and_predict(stock_env, tmp_path):
          "-c", "3d_fullres", "-tr", "EarlyFusionTrainer_smoke", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"],
         env)
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_000.nii.gz", "case_001.nii.gz"]
-    rows = (out / "classification.csv").read_text().strip().splitlines()
+    rows = (out / "classification.csv").read_text(encoding="utf-8").strip().splitlines()
     assert rows[0] == "case_id,predicted_class,prob_washout,prob_progressive,prob_nonenhancing"
     assert [r.split(",")[0] for r in rows[1:]] == ["case_000", "case_001"]
     for r in rows[1:]:
         assert abs(sum(float(v) for v in r.split(",")[2:]) - 1) < 1e-4
-    cls = json.loads((out / "classification.json").read_text())
+    cls = json.loads((out / "classification.json").read_text(encoding="utf-8"))
     assert set(cls["case_000"]["probabilities"]) == {"washout", "progressive", "nonenhancing"}
 
     stock = tmp_path / "stock"
@@ -94,7 +95,7 @@ def test_killed_training_resumes_with_c(stock_env):
     logs = final["logging"]
     assert len(logs["train_losses"]) == 3 and len(logs["cls_val_auc"]) == 3
     log_files = sorted(fold.glob("training_log_*.txt"))
-    assert any("Epoch 2" in f.read_text() for f in log_files)
+    assert any("Epoch 2" in f.read_text(encoding="utf-8") for f in log_files)
 
 
 def test_external_planner_through_our_cli(stock_env):
@@ -103,5 +104,5 @@ def test_external_planner_through_our_cli(stock_env):
          "-c", "3d_fullres", "-np", "1"], env)
     pre = Path(env["nnUNet_preprocessed"]) / f"Dataset{DATASET:03d}_StockRoundTrip"
     assert (pre / "nnUNetResEncUNetMPlans.json").is_file()
-    splits = json.loads((pre / "splits_final.json").read_text())
+    splits = json.loads((pre / "splits_final.json").read_text(encoding="utf-8"))
     assert len(splits) == 5

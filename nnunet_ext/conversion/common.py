@@ -415,7 +415,7 @@ class ConversionJob:
                   "skipped": [{"case": s.case, "reason": s.reason} for s in stage.skipped],
                   "warnings": list(stage.warnings), "reports": dict(stage.reports),
                   "outputs": hash_outputs(stage.folder)}
-        with open(stage.folder / REPORT_FILE, "w") as f:
+        with open(stage.folder / REPORT_FILE, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
 
     def _swap_in(self, built: Path, conflicts: list[Path], parent: Path) -> None:
@@ -434,7 +434,7 @@ class ConversionJob:
     def _difference(self, folder: Path) -> str | None:
         """None if ``folder`` is exactly what this job would write, else why not."""
         try:
-            with open(folder / REPORT_FILE) as f:
+            with open(folder / REPORT_FILE, encoding="utf-8") as f:
                 rep = json.load(f)
         except (OSError, json.JSONDecodeError):
             return f"it has no readable {REPORT_FILE}, so it was not written by nnunet-ext convert"
@@ -463,7 +463,7 @@ class ConversionJob:
         return None
 
     def _result_from_report(self, folder: Path) -> ConversionResult:
-        with open(folder / REPORT_FILE) as f:
+        with open(folder / REPORT_FILE, encoding="utf-8") as f:
             rep = json.load(f)
         return ConversionResult(folder, self.dataset_name, list(rep.get("cases", [])), list(rep.get("test_cases", [])),
                                 [SkippedCase(s["case"], s["reason"]) for s in rep.get("skipped", [])],

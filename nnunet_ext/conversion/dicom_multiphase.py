@@ -360,9 +360,9 @@ class _BuildContext:
             self._write_report()
 
     def _write_report(self) -> None:
-        with open(self.stage.add_report("registration_json", REPORT_JSON), "w") as f:
+        with open(self.stage.add_report("registration_json", REPORT_JSON), "w", encoding="utf-8") as f:
             json.dump(self.report, f, indent=1)
-        with open(self.stage.add_report("registration_csv", REPORT_CSV), "w", newline="") as f:
+        with open(self.stage.add_report("registration_csv", REPORT_CSV), "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["case", "phase", "reference", "metric", "tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg",
                         "rz_deg", "translation_norm_mm", "rotation_angle_deg", "iterations"])

@@ -91,7 +91,7 @@ def load_texts(path: str | Path | None) -> dict[str, str]:
     path = existing_path(path, "texts", folder=False)
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ConversionError(f"texts file {path} is not valid JSON ({e}). Fix the file.") from e
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):

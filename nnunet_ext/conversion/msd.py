@@ -43,7 +43,7 @@ def _nifti_files(folder: Path) -> dict[str, Path]:
 def _load_msd_json(source: Path) -> dict:
     path = source / "dataset.json"
     try:
-        dj = json.loads(path.read_text())
+        dj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConversionError(f"{source} has no dataset.json; it is not an MSD task folder. Fix: pass the extracted "
                               "TaskXX_Name folder (with imagesTr, labelsTr, dataset.json).") from e
@@ -113,9 +113,9 @@ def convert_msd(source: str | Path, dataset_id: int, output: str | Path | None =
             convert_msd_dataset(str(shim), overwrite_target_id=dataset_id, num_processes=max(1, num_processes))
         stage.adopt(raw / f"Dataset{dataset_id:03d}_converted")
         stage.collect_cases()
-        out = json.loads((stage.folder / "dataset.json").read_text())
+        out = json.loads((stage.folder / "dataset.json").read_text(encoding="utf-8"))
         out.update({"name": name, "numTraining": len(stage.cases), "converted_by": "nnunet-ext convert msd"})
-        (stage.folder / "dataset.json").write_text(json.dumps(out, indent=2))
+        (stage.folder / "dataset.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
 
     return job.run(build)
 
@@ -133,7 +133,7 @@ def _shim_task(folder: Path, dataset_id: int, source: Path, dj: dict, checked: d
             if sub == "imagesTr":
                 os.symlink(labels[case], shim / "labelsTr" / labels[case].name)
     shim_json = {**dj, "training": dj.get("training", []), "test": dj.get("test", [])}
-    (shim / "dataset.json").write_text(json.dumps(shim_json))
+    (shim / "dataset.json").write_text(json.dumps(shim_json), encoding="utf-8")
     return shim
 
 

@@ -50,7 +50,7 @@ _CT_AIR_HU = -200.0  # a CT in HU nearly always has voxels below this (air, lung
 def _load_v1_json(source: Path) -> dict:
     path = source / "dataset.json"
     try:
-        dj = json.loads(path.read_text())
+        dj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConversionError(f"{source} has no dataset.json; it is not an nnU-Net v1 task. Fix: pass the TaskXXX_Name "
                               "folder that holds imagesTr, labelsTr and dataset.json.") from e
@@ -120,7 +120,7 @@ def convert_nnunet_v1(source: str | Path, dataset_id: int, output: str | Path | 
         stage.collect_cases()
         stage.for_each([(c, None) for c in stage.cases],
                        lambda c, _: _check_geometry(stage, c, channels, copy_image_geometry), "v1 geometry check")
-        out = json.loads((stage.folder / "dataset.json").read_text())
+        out = json.loads((stage.folder / "dataset.json").read_text(encoding="utf-8"))
         for idx, new in rename.items():
             out["channel_names"][str(idx)] = new
         for idx, reasons, suggestion in suspicious_ct_channels(stage.folder, out, dj, stage.cases):
@@ -130,7 +130,7 @@ def convert_nnunet_v1(source: str | Path, dataset_id: int, output: str | Path | 
                        f"Fix: re-run with --rename-channel {idx}={suggestion} (any non-CT name selects per-image "
                        "z-score normalisation).")
         out.update({"name": name, "numTraining": len(stage.cases), "converted_by": "nnunet-ext convert nnunet-v1"})
-        (stage.folder / "dataset.json").write_text(json.dumps(out, indent=2))
+        (stage.folder / "dataset.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
 
     return job.run(build)
 
@@ -160,7 +160,7 @@ def _shim_task(folder: Path, source: Path, dj: dict, complete: dict, labels: dic
             for p in files.values():
                 os.symlink(p, shim / "imagesTs" / p.name)
     fixed = {"tensorImageSize": "4D", "numTest": len(tests), "training": [], "test": [], **dj}
-    (shim / "dataset.json").write_text(json.dumps(fixed))
+    (shim / "dataset.json").write_text(json.dumps(fixed), encoding="utf-8")
     return shim
 
 

@@ -151,7 +151,7 @@ def _print_mapping(rows, source: Path) -> None:
 
 def _write_manifest(path: Path, rows, source: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["case", "phase", "series", "series_uid", "mask", "label"])
         for case, phase, s, _ in rows:

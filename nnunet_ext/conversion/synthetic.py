@@ -105,7 +105,7 @@ def write_dataset(dataset_id: int, name: str, output_root: str | None, fingerpri
 
 def _fingerprint_of(folder: str) -> dict | None:
     try:
-        with open(os.path.join(folder, "dataset.json")) as f:
+        with open(os.path.join(folder, "dataset.json"), encoding="utf-8") as f:
             return json.load(f).get(GENERATOR_KEY)
     except (OSError, ValueError):
         return None

@@ -362,7 +362,7 @@ def _tabular_vector(values, tab_names) -> tuple[tuple[float, ...] | None, str | 
 def load_dataset_json(path: str) -> dict:
     """Load a ``dataset.json``, raising a clear error for a missing or corrupt file."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError as e:
         raise MetadataError(f"{path} does not exist.") from e

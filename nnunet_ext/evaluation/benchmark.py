@@ -294,7 +294,7 @@ def summarise_segmentation(rows: list[dict], methods: list[str], reference: str,
 
 def read_classification_csv(path: str, class_names: Sequence[str]) -> dict[str, np.ndarray]:
     """{case: (K,) probabilities} from a ``classification.csv`` with ``prob_<class>`` columns."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         cols = [f"prob_{c}" for c in class_names]
         missing = [c for c in cols if c not in (reader.fieldnames or [])]
@@ -309,7 +309,7 @@ def model_class_names(model_folder: str) -> list[str] | None:
     path = os.path.join(model_folder, "plans.json")
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         block = json.load(f).get("nnunet_ext") or {}
     return list(block["class_names"]) if block.get("num_cls_classes") else None
 
@@ -582,5 +582,5 @@ def write_outputs(res: BenchmarkResult) -> None:
                                                     os.path.join(out, "ablation.png"))
     path = os.path.join(out, "report.md")
     files["report.md"] = path
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         f.write(benchmark_markdown(res))

@@ -52,7 +52,7 @@ def write_csv(path: str, rows: Sequence[Mapping], fieldnames: Sequence[str] | No
     if fieldnames is None:
         fieldnames = list(dict.fromkeys(k for r in rows for k in r))
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(fieldnames), extrasaction="ignore")
         w.writeheader()
         for r in rows:

@@ -231,7 +231,7 @@ def score_predictions(inputs: RobustnessInputs, pred_folder: str, structures: di
 def _reference_phase(model_folder: str, metadata) -> int | None:
     import json
 
-    with open(os.path.join(model_folder, "plans.json")) as f:
+    with open(os.path.join(model_folder, "plans.json"), encoding="utf-8") as f:
         block = json.load(f).get("nnunet_ext") or {}
     if "reference_phase_index" in block:
         return int(block["reference_phase_index"])
@@ -419,7 +419,7 @@ def _write_outputs(summary: dict, dice_rows: list[dict], perturbation_rows: list
               "SE. Dice conventions: both masks empty = 1, one empty = 0.", "",
               "Files: robustness_per_case.csv, perturbations.csv"
               + (", robustness_classification.csv" if cls else "") + ", robustness_summary.json, robustness.png", ""]
-    with open(os.path.join(folder, "robustness.md"), "w") as f:
+    with open(os.path.join(folder, "robustness.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
 
 

@@ -38,7 +38,7 @@ def write_classification_outputs(folder: str, case_ids: Sequence[str], probs: np
     if targets is not None:
         header.append("true_class")
     tmp = os.path.join(folder, ".classification.csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         for i, k in enumerate(case_ids):

@@ -25,7 +25,7 @@ def bench(monkeypatch):
 def test_tiny_cpu_mode_writes_json_lines_for_both_networks(bench, tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
     assert bench.main(["--device", "cpu", "--tiny", "--no-compile", "--out", str(out)]) == 0
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["record"] for r in lines] == ["config", "network", "network"]
     assert capsys.readouterr().out.count("\n") == 3  # the same lines on stdout
     config, *nets = lines

@@ -96,7 +96,7 @@ def make_msd_task(root: Path, task: str = "Task03_Liver", n_train: int = 3, n_te
           "training": [{"image": f"./imagesTr/{prefix}_{n}.nii.gz", "label": f"./labelsTr/{prefix}_{n}.nii.gz"}
                        for n in range(n_train)],
           "test": [f"./imagesTs/{prefix}_{n}.nii.gz" for n in range(n_train, n_train + n_test)]}
-    (src / "dataset.json").write_text(json.dumps(dj, indent=2))
+    (src / "dataset.json").write_text(json.dumps(dj, indent=2), encoding="utf-8")
     return src
 
 
@@ -117,7 +117,7 @@ def make_v1_task(root: Path, task: str = "Task100_Prostate", modalities: Mapping
           "numTraining": n, "numTest": 0, "test": [],
           "training": [{"image": f"./imagesTr/case{i:02d}.nii.gz", "label": f"./labelsTr/case{i:02d}.nii.gz"}
                        for i in range(n)]}
-    (src / "dataset.json").write_text(json.dumps(dj, indent=2))
+    (src / "dataset.json").write_text(json.dumps(dj, indent=2), encoding="utf-8")
     return src
 
 
@@ -178,7 +178,7 @@ def make_dicom_multiphase(root: Path, cases: Sequence[str] = ("TCGA-DD-A001", "T
                 write(to_image(seg, origin=tuple(origin)), root / mask)
             rows.append({"case": case, "phase": phase, "series": str(series.relative_to(root)), "mask": mask,
                          "label": labels[ci % len(labels)] if labels else ""})
-    with open(root / "manifest.csv", "w", newline="") as f:
+    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["case", "phase", "series", "mask", "label"])
         w.writeheader()
         w.writerows(rows)
@@ -252,7 +252,7 @@ def make_mri_classification(root: Path, n: int = 4, sequences: Sequence[str] = (
         row.update({k: v[i] for k, v in clinical.items()})
         rows.append(row)
     path = root / "labels.csv"
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)

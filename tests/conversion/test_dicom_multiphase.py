@@ -22,12 +22,12 @@ CASES = ("TCGA-DD-A001", "TCGA-DD-A002")
 
 
 def _rows(manifest):
-    with open(manifest) as f:
+    with open(manifest, encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
 def _write_rows(manifest, rows):
-    with open(manifest, "w", newline="") as f:
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -42,7 +42,7 @@ def test_manifest_conversion_with_masks_and_classes(tmp_path, capsys):
     out = tmp_path / "raw"
     res = convert_dicom_multiphase(tmp_path / "lihc", 942, manifest, output=out, name="LIHC", register=False)
     assert res.cases == list(CASES) and not res.test_cases
-    dj = json.loads((res.folder / "dataset.json").read_text())
+    dj = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))
     assert dj["channel_names"] == {"0": "CT", "1": "CT", "2": "CT"}
     assert dj["labels"] == {"background": 0, "label_1": 1, "label_2": 2}
     block = dj["nnunet_ext"]
@@ -64,10 +64,10 @@ def test_classes_labels_and_registration_report(tmp_path):
     manifest = make_dicom_multiphase(tmp_path / "lihc", phases=("arterial", "portal_venous"), labels=("HCC", ""))
     res = convert_dicom_multiphase(tmp_path / "lihc", 943, manifest, output=tmp_path / "raw", classes=["HCC", "FNH"],
                                    labels=["liver", "tumour"])
-    block = json.loads((res.folder / "dataset.json").read_text())["nnunet_ext"]
+    block = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))["nnunet_ext"]
     assert block["classification"] == {"class_names": ["HCC", "FNH"], "lesion_labels": [2]}
     assert block["cases"][CASES[1]] == {"class": None}  # no label in the manifest -> explicitly unlabeled
-    report = json.loads(res.reports["registration_json"].read_text())
+    report = json.loads(res.reports["registration_json"].read_text(encoding="utf-8"))
     assert set(report) == set(CASES) and set(report[CASES[0]]["phases"]) == {"arterial"}
     assert report[CASES[0]]["phases"]["arterial"]["translation_norm_mm"] < 1.0
     with pytest.raises(ConversionError, match=r"not in --classes.*'TCGA-DD-A001' \('HCC'\)"):
@@ -177,7 +177,7 @@ def test_real_jpeg2000_series(real_data, tmp_path):
     assert arr.min() == -1024 and arr.max() > 1000  # HU after rescale
     res = convert_dicom_multiphase(folder, 920, output=tmp_path / "raw", phases=["portal_venous"], name="J2K")
     assert res.test_cases == ["dicom_series"]  # empty PatientID -> folder name
-    dj = json.loads((res.folder / "dataset.json").read_text())
+    dj = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))
     assert dj["channel_names"] == {"0": "CT"}
 
 
@@ -191,7 +191,7 @@ def test_real_dicom_seg_mask(real_data, tmp_path):
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(res.folder / "labelsTr" / "liver3.nii.gz")))
     nrrd = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "liver_seg.nrrd")))
     np.testing.assert_array_equal(seg, nrrd)
-    dj = json.loads((res.folder / "dataset.json").read_text())
+    dj = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))
     assert dj["labels"] == {"background": 0, "Liver": 1}
     img = sitk.ReadImage(str(res.folder / "imagesTr" / "liver3_0000.nii.gz"))
     assert img.GetSize() == (512, 512, 3)

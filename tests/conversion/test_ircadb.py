@@ -29,7 +29,7 @@ def test_3d_and_2d_datasets_with_generated_texts(ircadb, tmp_path):
     np.testing.assert_array_equal(seg, tiny_liver(seed=1)[1])  # liver 1, both livertumor masks merged into 2
     ct = sitk.ReadImage(str(res.folder / "imagesTr" / "ircadb1_001_0000.nii.gz"))
     assert ct.GetSize() == (24, 24, 8) and np.allclose(ct.GetSpacing(), (0.7, 0.7, 2.0))
-    dj = json.loads((res.folder / "dataset.json").read_text())
+    dj = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))
     assert dj["labels"] == {"background": 0, "liver": 1, "tumor": 2} and dj["channel_names"] == {"0": "CT"}
     md = validate_raw_dataset(str(res.folder))
     text = md.texts(["ircadb1_001"])[0]
@@ -50,14 +50,14 @@ def test_texts_from_file_and_skipped_patient(ircadb, tmp_path, capsys):
     shutil.copytree(ircadb, src)
     (src / "3Dircadb1.2" / "MASKS_DICOM.zip").unlink()
     texts = tmp_path / "texts.json"
-    texts.write_text(json.dumps({"3Dircadb1.1": "two hypodense lesions in the right lobe"}))
+    texts.write_text(json.dumps({"3Dircadb1.1": "two hypodense lesions in the right lobe"}), encoding="utf-8")
     res = convert_ircadb(src, 924, output=tmp_path / "raw", texts=texts)
     assert res.cases == ["ircadb1_001"] and res.skipped[0].case == "ircadb1_002"
     assert "no MASKS_DICOM.zip" in res.skipped[0].reason and "skipped case 'ircadb1_002'" in capsys.readouterr().out
-    block = json.loads((res.folder / "dataset.json").read_text())["nnunet_ext"]
+    block = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))["nnunet_ext"]
     assert block["cases"] == {"ircadb1_001": {"text": "two hypodense lesions in the right lobe"}}
     res2d = convert_ircadb_2d(src, 925, output=tmp_path / "raw", texts=texts, describe=False)
-    cases = json.loads((res2d.folder / "dataset.json").read_text())["nnunet_ext"]["cases"]
+    cases = json.loads((res2d.folder / "dataset.json").read_text(encoding="utf-8"))["nnunet_ext"]["cases"]
     assert cases and all(v == {"text": "two hypodense lesions in the right lobe"} for v in cases.values())
 
 

@@ -28,7 +28,7 @@ def test_lits_layout_passes_nnunet_integrity_check(tmp_path, nnunet_dirs, capsys
     res = convert_lits(src, 920)
     assert res.folder == nnunet_dirs["nnUNet_raw"] / "Dataset920_LiTS"
     assert res.cases == ["lits_000", "lits_001"] and res.test_cases == ["lits_test_000"] and not res.skipped
-    dj = json.loads((res.folder / "dataset.json").read_text())
+    dj = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))
     assert dj["channel_names"] == {"0": "CT"} and dj["labels"] == {"background": 0, "liver": 1, "tumor": 2}
     assert dj["numTraining"] == 2 and dj["file_ending"] == ".nii.gz"
     seg = sitk.ReadImage(str(res.folder / "labelsTr" / "lits_001.nii.gz"))
@@ -103,7 +103,7 @@ def test_corrupt_file_error_and_skip_invalid(tmp_path, capsys):
     assert res.cases == ["lits_000", "lits_002"] and [s.case for s in res.skipped] == ["lits_001"]
     assert "skipped case 'lits_001'" in capsys.readouterr().out
     assert not list((res.folder / "imagesTr").glob("lits_001*"))
-    report = json.loads((res.folder / REPORT_FILE).read_text())
+    report = json.loads((res.folder / REPORT_FILE).read_text(encoding="utf-8"))
     assert report["skipped"][0]["case"] == "lits_001"
 
 

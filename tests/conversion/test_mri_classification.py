@@ -17,12 +17,12 @@ from nnunet_ext.data.metadata import validate_raw_dataset
 
 
 def _edit(csv_path, case, column, value):
-    with open(csv_path) as f:
+    with open(csv_path, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
         if r["case"] == case:
             r[column] = value
-    with open(csv_path, "w", newline="") as f:
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -32,7 +32,7 @@ def test_channels_classes_and_clinical_features(tmp_path):
     table = make_mri_classification(tmp_path / "desamba", n=4)
     res = convert_mri_classification(tmp_path / "desamba", 928, output=tmp_path / "raw", name="DeSamba")
     assert res.cases == [f"pat{i:03d}" for i in range(4)]
-    dj = json.loads((res.folder / "dataset.json").read_text())
+    dj = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))
     assert dj["channel_names"] == {"0": "t1", "1": "t2", "2": "t2fs"} and dj["labels"] == {"background": 0,
                                                                                           "lesion": 1}
     block = dj["nnunet_ext"]
@@ -57,7 +57,7 @@ def test_nan_and_text_clinical_values(tmp_path):
         convert_mri_classification(tmp_path / "d", 929, output=out)
     assert not out.exists()
     res = convert_mri_classification(tmp_path / "d", 929, output=out, impute="median")
-    ages = json.loads((res.folder / "dataset.json").read_text())["nnunet_ext"]["cases"]
+    ages = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))["nnunet_ext"]["cases"]
     assert ages["pat002"]["tabular"][0] == 53.0  # median of 50, 53, 59
     assert any("imputed 1 missing value(s) of 'age'" in w for w in res.warnings)
     _edit(table, "pat001", "size_mm", "large")
@@ -65,7 +65,7 @@ def test_nan_and_text_clinical_values(tmp_path):
         convert_mri_classification(tmp_path / "d", 930, output=out, impute="median")
     res = convert_mri_classification(tmp_path / "d", 930, output=out, clinical=["age"], impute="median",
                                      sequences=["t2", "t1"])
-    dj = json.loads((res.folder / "dataset.json").read_text())
+    dj = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))
     assert dj["channel_names"] == {"0": "t2", "1": "t1"} and dj["nnunet_ext"]["tabular"]["feature_names"] == ["age"]
 
 
@@ -75,13 +75,13 @@ def test_duplicates_unlabeled_and_resampled_sequence(tmp_path):
     write(np.zeros((4, 12, 12), np.uint16), tmp_path / "d" / "images" / "pat001" / "t2fs.nii.gz",
           spacing=(3.0, 3.0, 6.0))
     res = convert_mri_classification(tmp_path / "d", 931, output=tmp_path / "raw")
-    block = json.loads((res.folder / "dataset.json").read_text())["nnunet_ext"]
+    block = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))["nnunet_ext"]
     assert block["cases"]["pat002"] == {"class": None} and "tabular" not in block
     assert any("pat001" in w and "t2fs was resampled" in w for w in res.warnings)
     img = sitk.ReadImage(str(res.folder / "imagesTr" / "pat001_0002.nii.gz"))
     assert img.GetSize() == (24, 24, 8)
-    with open(table) as f:
+    with open(table, encoding="utf-8") as f:
         rows = f.read().splitlines()
-    (tmp_path / "d" / "labels.csv").write_text("\n".join(rows + [rows[1]]) + "\n")
+    (tmp_path / "d" / "labels.csv").write_text("\n".join(rows + [rows[1]]) + "\n", encoding="utf-8")
     with pytest.raises(ConversionError, match=r"duplicate case id.*'pat000' from row 2, row 5"):
         convert_mri_classification(tmp_path / "d", 932, output=tmp_path / "raw")

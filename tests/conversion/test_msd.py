@@ -24,7 +24,7 @@ def test_task03_liver_layout_idempotent_and_skips(tmp_path, capsys):
     assert res.cases == ["liver_0", "liver_1"] and res.test_cases == ["liver_3"]
     assert [s.case for s in res.skipped] == ["liver_2"] and "no label" in res.skipped[0].reason
     assert any("._liver_0" in w for w in res.warnings)
-    dj = json.loads((res.folder / "dataset.json").read_text())
+    dj = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))
     assert dj["channel_names"] == {"0": "CT"} and dj["labels"] == {"background": 0, "liver": 1, "cancer": 2}
     assert dj["numTraining"] == 2 and "training" not in dj and "modality" not in dj
     assert sorted(p.name for p in (res.folder / "imagesTr").iterdir()) == ["liver_0_0000.nii.gz",
@@ -46,7 +46,8 @@ def test_4d_split_and_bad_channel_count(tmp_path):
     assert files == [f"prostate_{i}_{c:04d}.nii.gz" for i in range(2) for c in range(2)]
     second = sitk.GetArrayFromImage(sitk.ReadImage(str(res.folder / "imagesTr" / "prostate_1_0001.nii.gz")))
     np.testing.assert_allclose(second, tiny_liver(seed=1)[0] + 10)
-    assert json.loads((res.folder / "dataset.json").read_text())["channel_names"] == {"0": "T2", "1": "ADC"}
+    written = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))
+    assert written["channel_names"] == {"0": "T2", "1": "ADC"}
     # a 3D image in a 2-modality task names the case; nothing is written
     write(tiny_liver(seed=0)[0], src / "imagesTr" / "prostate_0.nii.gz")
     with pytest.raises(ConversionError, match=r"case 'prostate_0'.*1 volume\(s\).*2 modalities"):

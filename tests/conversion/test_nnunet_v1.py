@@ -26,7 +26,7 @@ def test_real_prostate_adc_named_ct_is_warned(real_data, tmp_path, capsys):
     geometry = [w for w in res.warnings if "label header differs" in w]
     assert len(geometry) == 2 and "--copy-image-geometry" in geometry[0] and "3.6" in geometry[0]
     assert "WARNING: channel 1 is named 'CT'" in capsys.readouterr().out
-    dj = json.loads((res.folder / "dataset.json").read_text())
+    dj = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))
     assert dj["channel_names"] == {"0": "T2W", "1": "CT", "2": "HBV"}
     assert dj["labels"] == {"background": 0, "lesion": 1} and dj["numTraining"] == 2
 
@@ -37,7 +37,7 @@ def test_real_prostate_fixed_passes_integrity_check(real_data, tmp_path):
     res = convert_nnunet_v1(real_data / PROSTATE, 935, output=tmp_path / "raw", name="ProstateX",
                             rename_channels={1: "ADC"}, copy_image_geometry=True)
     assert not [w for w in res.warnings if "named 'CT'" in w]
-    dj = json.loads((res.folder / "dataset.json").read_text())
+    dj = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))
     assert dj["channel_names"] == {"0": "T2W", "1": "ADC", "2": "HBV"}
     img = sitk.ReadImage(str(res.folder / "imagesTr" / "ProstateX-0000_07-07-2011_0000.nii.gz"))
     lab = sitk.ReadImage(str(res.folder / "labelsTr" / "ProstateX-0000_07-07-2011.nii.gz"))
@@ -62,7 +62,7 @@ def test_rename_via_cli_and_bad_index(tmp_path, capsys):
     out = tmp_path / "raw"
     assert main(["convert", "nnunet-v1", "-i", str(src), "-d", "937", "-o", str(out),
                  "--rename-channel", "1=ADC"]) == 0
-    dj = json.loads((out / "Dataset937_Pros" / "dataset.json").read_text())
+    dj = json.loads((out / "Dataset937_Pros" / "dataset.json").read_text(encoding="utf-8"))
     assert dj["channel_names"]["1"] == "ADC"
     capsys.readouterr()
     with pytest.raises(ConversionError, match=r"--rename-channel \[5\].*channels \[0, 1, 2\]"):

@@ -47,7 +47,7 @@ def displaced_dce(real_data, tmp_path_factory):
         expected[phase] = _euler(center, angles, shift)
         displace_dicom_geometry(root / DCE / PHASES[phase], expected[phase])
     manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["case", "phase", "series"])
         w.writerows(["ProstateX-0218", p, f"{DCE}/{folder}"] for p, folder in PHASES.items())
@@ -58,7 +58,7 @@ def test_dce_known_offsets_are_recovered(displaced_dce, real_data, tmp_path):
     root, manifest, expected = displaced_dce
     res = convert_dicom_multiphase(root, 940, manifest, output=tmp_path / "raw", name="DCE",
                                    phases=list(PHASES), reference="mid", registration=FAST)
-    report = json.loads(res.reports["registration_json"].read_text())["ProstateX-0218"]
+    report = json.loads(res.reports["registration_json"].read_text(encoding="utf-8"))["ProstateX-0218"]
     assert report["reference"] == "mid" and set(report["phases"]) == {"pre", "early", "late"}
     for phase, truth in expected.items():
         got = report["phases"][phase]
@@ -69,7 +69,7 @@ def test_dce_known_offsets_are_recovered(displaced_dce, real_data, tmp_path):
         assert got["metric"] < -0.5
     # the undisplaced precontrast phase needs (almost) no correction
     assert report["phases"]["pre"]["translation_norm_mm"] < 1.0 and report["phases"]["pre"]["rotation_angle_deg"] < 1
-    with open(res.reports["registration_csv"]) as f:
+    with open(res.reports["registration_csv"], encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert {r["phase"] for r in rows} == {"pre", "early", "late"} and float(rows[0]["metric"]) < 0
     # report beside dataset.json, not inside imagesTs; all four phases on the reference grid
@@ -83,7 +83,7 @@ def test_dce_known_offsets_are_recovered(displaced_dce, real_data, tmp_path):
     original = sitk.GetArrayFromImage(_read(real_data / DCE / PHASES["early"])).astype(float)
     diff = np.abs(sitk.GetArrayFromImage(early).astype(float) - original)[3:-3, 20:-20, 20:-20]
     assert diff.mean() < 0.1 * original.mean()
-    dj = json.loads((res.folder / "dataset.json").read_text())
+    dj = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))
     assert dj["channel_names"] == {"0": "pre", "1": "early", "2": "mid", "3": "late"}
     assert dj["nnunet_ext"]["phases"] == {"order": ["pre", "early", "mid", "late"], "reference": "mid"}
     assert any("imagesTs" in w for w in res.warnings)

@@ -43,13 +43,13 @@ def test_dataset_passes_nnunet_integrity_check_and_metadata(liver_dataset):
     assert md.tabular_features == ["age", "afp", "cea"]
     assert {md.class_names[r.class_index] for r in md.cases.values()} == set(md.class_names)
     assert all(r.text and "mm lesion" in r.text and r.tabular is not None for r in md.cases.values())
-    dj = json.load(open(f"{liver_dataset}/dataset.json"))
+    dj = json.load(open(f"{liver_dataset}/dataset.json", encoding="utf-8"))
     assert set(dj["channel_names"].values()) == {"CT"} and dj["labels"] == {"background": 0, "liver": 1, "lesion": 2}
     image = sitk.ReadImage(f"{liver_dataset}/imagesTr/liver_000_0000.nii.gz")
     assert image.GetSpacing() == (3.0, 3.0, 4.0) and sitk.GetArrayFromImage(image).shape == TINY["shape"]
     seg = sitk.GetArrayFromImage(sitk.ReadImage(f"{liver_dataset}/labelsTr/liver_000.nii.gz"))
     assert set(np.unique(seg)) == {0, 1, 2}
-    truth = json.load(open(f"{liver_dataset}/{TRUTH_FILE}"))
+    truth = json.load(open(f"{liver_dataset}/{TRUTH_FILE}", encoding="utf-8"))
     assert truth["liver_000"]["class"] == md.class_names[md.cases["liver_000"].class_index]
 
 
@@ -71,7 +71,8 @@ def test_deterministic_for_a_seed(tmp_path):
     for name in ("imagesTr/liver_001_0002.nii.gz", "labelsTr/liver_001.nii.gz"):
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(f"{a}/{name}")),
                               sitk.GetArrayFromImage(sitk.ReadImage(f"{b}/{name}")))
-    assert json.load(open(f"{a}/dataset.json")) == json.load(open(f"{b}/dataset.json"))
+    assert json.load(open(f"{a}/dataset.json", encoding="utf-8")) == \
+        json.load(open(f"{b}/dataset.json", encoding="utf-8"))
     same = [synthesize_liver_case(case_rngs(7, 1)[0], **TINY) for _ in range(2)]
     other = synthesize_liver_case(case_rngs(8, 1)[0], **TINY)
     assert np.array_equal(same[0].image, same[1].image) and same[0].text == same[1].text
@@ -148,7 +149,7 @@ def test_class_map_renames_merges_and_drops_lesion_types(tmp_path):
                                      **TINY)
     md = validate_raw_dataset(folder)
     assert md.class_names == ["malignant", "benign"]
-    truth = json.load(open(f"{folder}/{TRUTH_FILE}"))
+    truth = json.load(open(f"{folder}/{TRUTH_FILE}", encoding="utf-8"))
     for case_id, rec in md.cases.items():
         lesion_types = {les["type"] for les in truth[case_id]["lesions"]}
         assert lesion_types <= set(cmap) and cmap[truth[case_id]["lesion_type"]] == md.class_names[rec.class_index]

@@ -39,7 +39,7 @@ def test_dataset_passes_nnunet_integrity_check_and_metadata(mri_dataset):
     assert md.class_names == list(DEFAULT_CLASSES) and md.phases is None
     assert {md.class_names[r.class_index] for r in md.cases.values()} == set(DEFAULT_CLASSES)
     assert md.tabular_features == ["age", "crp", "alp"] and all(r.text for r in md.cases.values())
-    dj = json.load(open(f"{mri_dataset}/dataset.json"))
+    dj = json.load(open(f"{mri_dataset}/dataset.json", encoding="utf-8"))
     assert dj["channel_names"] == {"0": "T1", "1": "T2", "2": "T2FS"}  # z-score normalisation by nnU-Net
     assert dj["labels"] == {"background": 0, "lesion": 1}
     for i in range(6):
@@ -52,8 +52,8 @@ def test_deterministic_and_seed_dependent(tmp_path, mri_dataset):
     for name in ("imagesTr/mri_004_0001.nii.gz", "labelsTr/mri_004.nii.gz"):
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(f"{mri_dataset}/{name}")),
                               sitk.GetArrayFromImage(sitk.ReadImage(f"{again}/{name}")))
-    assert json.load(open(f"{mri_dataset}/dataset.json"))["nnunet_ext"] == json.load(
-        open(f"{again}/dataset.json"))["nnunet_ext"]
+    assert json.load(open(f"{mri_dataset}/dataset.json", encoding="utf-8"))["nnunet_ext"] == json.load(
+        open(f"{again}/dataset.json", encoding="utf-8"))["nnunet_ext"]
     a, b = (synthesize_mri_case(case_rngs(s, 1)[0], **TINY) for s in (2, 3))
     assert not np.array_equal(a.image, b.image)
     with pytest.raises(SyntheticDataError, match="overwrite"):
@@ -85,7 +85,7 @@ def test_cli_registers_synthetic_mri(tmp_path):
 
     assert main(["convert", "synthetic-mri", "-d", "963", "-o", str(tmp_path), "-n", "3", "--shape", "16,32,32",
                  "--sequences", "T2", "T2FS", "--quiet"]) == 0
-    dj = json.load(open(tmp_path / "Dataset963_SyntheticMRI" / "dataset.json"))
+    dj = json.load(open(tmp_path / "Dataset963_SyntheticMRI" / "dataset.json", encoding="utf-8"))
     assert dj["channel_names"] == {"0": "T2", "1": "T2FS"}
 
 

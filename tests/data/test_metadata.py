@@ -130,18 +130,18 @@ def test_raw_dataset_validation_and_atomic_write(tmp_path):
     md = validate_raw_dataset(folder)
     assert len(md.cases) == 4
     path = f"{folder}/dataset.json"
-    before = open(path).read()
+    before = open(path, encoding="utf-8").read()
     broken = copy.deepcopy(md)
     broken.phases = ["only_one"]
     with pytest.raises(MetadataError):
         write_metadata(path, broken)
-    assert open(path).read() == before, "a rejected write must leave dataset.json untouched"
+    assert open(path, encoding="utf-8").read() == before, "a rejected write must leave dataset.json untouched"
     md.cases["case_000"] = type(md.cases["case_000"])(class_index=None, text="t", tabular=(1.0, 2.0))
     write_metadata(path, md)
-    assert json.load(open(path))[METADATA_KEY]["cases"]["case_000"]["class"] is None
+    assert json.load(open(path, encoding="utf-8"))[METADATA_KEY]["cases"]["case_000"]["class"] is None
 
 
 def test_corrupt_dataset_json_is_reported(tmp_path):
-    (tmp_path / "dataset.json").write_text('{"labels": {,}')
+    (tmp_path / "dataset.json").write_text('{"labels": {,}', encoding="utf-8")
     with pytest.raises(MetadataError, match="not valid JSON"):
         validate_raw_dataset(str(tmp_path))

@@ -38,9 +38,9 @@ def test_existing_split_is_never_overwritten(tmp_path):
     path = write_stratified_splits_if_missing(str(tmp_path), ids, md)
     assert path is not None
     custom = [{"train": ids[:10], "val": ids[10:]}]
-    (tmp_path / "splits_final.json").write_text(json.dumps(custom))
+    (tmp_path / "splits_final.json").write_text(json.dumps(custom), encoding="utf-8")
     assert write_stratified_splits_if_missing(str(tmp_path), ids, md) is None
-    assert json.loads((tmp_path / "splits_final.json").read_text()) == custom
+    assert json.loads((tmp_path / "splits_final.json").read_text(encoding="utf-8")) == custom
 
 
 def test_no_labels_no_split(tmp_path):

@@ -54,7 +54,7 @@ def _write_head(model, probs):
     (model / "plans.json").write_text(json.dumps({"nnunet_ext": {"num_cls_classes": 2,
                                                                  "class_names": ["benign", "malignant"]}}))
     for fold in (0, 1):
-        with open(model / f"fold_{fold}" / "validation" / "classification.csv", "w", newline="") as f:
+        with open(model / f"fold_{fold}" / "validation" / "classification.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["case_id", "predicted_class", "prob_benign", "prob_malignant", "true_class"])
             for case, p in probs.items():
@@ -71,7 +71,7 @@ def make_hand_tree(dirs, dataset_id: int, name: str = "HandBench", with_c: bool 
                     "nnunet_ext": {"format_version": 1,
                                    "classification": {"class_names": ["benign", "malignant"], "lesion_labels": [2]},
                                    "cases": {c: {"class": k} for c, k in CLASSES.items()}}}
-    (pre / "dataset.json").write_text(json.dumps(dataset_json))
+    (pre / "dataset.json").write_text(json.dumps(dataset_json), encoding="utf-8")
     res = dirs["nnUNet_results"] / ds
     for case, (ref, a, b, organ_a, organ_b) in CASES.items():
         _write(pre / "gt_segmentations" / f"{case}.nii.gz", ref, ORGAN)
@@ -148,17 +148,17 @@ def test_hand_checked_tables(hand_tree, tmp_path):
     assert s["confusion_matrix"] == [[1, 0], [1, 1]]
     assert s["f1_weighted"] == pytest.approx(2 / 3)
 
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert "| lesion | all | TrainerB | 3 | 0.222 ± 0.385 | 0.000 [0.000, 0.333] |" in report
     assert "| lesion | all | TrainerA | 3 | 0.933 ± 0.115 | 1.000 [0.900, 1.000] |" in report
     assert "| lesion | all | TrainerB | 3 | 2.950 ± 1.777 |" in report  # HD95: sd of (2, 5, 1.85)
     assert "Folds used: 0, 1" in report and "small < 3 voxels" in report and "`hand`" in report
-    with open(out / "per_case_segmentation.csv") as f:
+    with open(out / "per_case_segmentation.csv", encoding="utf-8") as f:
         csv_rows = list(csv.DictReader(f))
     assert len(csv_rows) == 2 * 3 * 2
     r = next(r for r in csv_rows if (r["method"], r["case"], r["structure"]) == ("TrainerB", "c2", "lesion"))
     assert float(r["hd95"]) == 5.0 and r["ref_empty"] == "True" and r["lesion_size"] == "no lesion"
-    with open(out / "segmentation_summary.csv") as f:
+    with open(out / "segmentation_summary.csv", encoding="utf-8") as f:
         summary = list(csv.DictReader(f))
     row = next(r for r in summary if (r["metric"], r["structure"], r["subset"], r["method"]) ==
                ("dice", "lesion", "all", "TrainerB"))
@@ -200,11 +200,11 @@ def test_two_heads_compare_against_the_first_head(nnunet_dirs, tmp_path):
     assert c["vs_reference"]["auc_ovr_macro"].estimate == pytest.approx(-1.0)
     assert c["p_mcnemar"] == pytest.approx(0.5)
     assert all(math.isnan(d.p_value) for d in c["delong"])  # needs >= 2 cases per class
-    report = (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Δ macro AUC vs TrainerB [95% CI]" in report
     assert "| TrainerC | 3 | 0.000 [0.000, 0.000] | 0.000 [" in report
     assert set(res.ablation["panels"]) == {"Δ Dice (lesion)", "Δ macro AUC"}
-    with open(tmp_path / "classification_delong.csv") as f:
+    with open(tmp_path / "classification_delong.csv", encoding="utf-8") as f:
         assert [r["class"] for r in csv.DictReader(f)] == ["benign", "malignant"]
 
 

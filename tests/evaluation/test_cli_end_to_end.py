@@ -13,7 +13,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
 def _rows(path):
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -24,7 +24,7 @@ def test_benchmark_cli(smoke_models, tmp_path, capsys):
                "-f", str(smoke_models["fold"]), "-o", str(out), "--small-lesion-mm3", "200", "-np", "1",
                "-device", "cpu", "--full-model", "EarlyFusionTrainer_smoke", "--n-bootstrap", "200"])
     assert rc == 0, capsys.readouterr().err
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     for text in ("# Benchmark on " + ds["name"], "Reference: **nnUNetTrainer_smoke**", "### Dice", "### HD95 (mm)",
                  "## Classification", "## Efficiency", "## Ablation", "nnunetv2 2.8.1", "**Command**: `nnunet-ext "
                  "benchmark -d 900", "Folds used: 4"):
@@ -33,7 +33,7 @@ def test_benchmark_cli(smoke_models, tmp_path, capsys):
     methods = {r["method"] for r in seg}
     assert methods == {"EarlyFusionTrainer_smoke", "nnUNetTrainer_smoke"}
     assert {r["structure"] for r in seg} == {"liver", "lesion"}
-    split = json.load(open(ds["preprocessed"] / "splits_final.json"))[smoke_models["fold"]]["val"]
+    split = json.load(open(ds["preprocessed"] / "splits_final.json", encoding="utf-8"))[smoke_models["fold"]]["val"]
     assert {r["case"] for r in seg} == set(split)
     summary = _rows(out / "segmentation_summary.csv")
     assert any(r["method"] == "EarlyFusionTrainer_smoke" and r["p_wilcoxon"] != "" for r in summary)
@@ -56,7 +56,7 @@ def test_robustness_cli(smoke_models, tmp_path, capsys):
                "-i", str(ds["raw"]), "--cases", *cases, "--repeats", "1", "--seed", "3", "-o", str(out),
                "-device", "cpu", "--n-bootstrap", "200"])
     assert rc == 0, capsys.readouterr().err
-    report = (out / "robustness.md").read_text()
+    report = (out / "robustness.md").read_text(encoding="utf-8")
     assert "±5 mm" in report and "±7°" in report and "## Classification" in report
     per_case = _rows(out / "robustness_per_case.csv")
     assert len(per_case) == len(cases) * 2 * 2  # (unperturbed + 1 repeat) x (liver, lesion)
@@ -66,7 +66,7 @@ def test_robustness_cli(smoke_models, tmp_path, capsys):
     assert len(set(shifts)) == 3, "each phase gets its own transform"
     assert all(abs(float(r[k])) <= 5 for r in pert for k in r if k.startswith("shift_"))
     assert all(abs(float(r[k])) <= 7 for r in pert for k in r if k.startswith("rot_"))
-    summary = json.load(open(out / "robustness_summary.json"))
+    summary = json.load(open(out / "robustness_summary.json", encoding="utf-8"))
     assert {r["structure"] for r in summary["segmentation"]} == {"liver", "lesion"}
     assert summary["classification"]["accuracy"]["delta"]["n_boot"] > 0
     assert (out / "robustness.png").read_bytes()[:4] == b"\x89PNG"

@@ -42,7 +42,7 @@ def predictor(tiny_multiphase):
     plans = copy.deepcopy(PlansManager(str(tiny_multiphase["preprocessed"] / "nnUNetPlans.json")).plans)
     plans[PLANS_KEY] = {"num_cls_classes": 3, "class_names": ["a", "b", "c"], "lesion_labels": [2]}
     pm = PlansManager(plans)
-    dj = json.load(open(tiny_multiphase["preprocessed"] / "dataset.json"))
+    dj = json.load(open(tiny_multiphase["preprocessed"] / "dataset.json", encoding="utf-8"))
     p = ClassifyingPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                              perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
     p.manual_initialization(LesionVoter(), pm, pm.get_configuration("3d_fullres"), None, dj, "test", None)
@@ -83,7 +83,7 @@ def test_fold_ensemble_averages_probabilities(predictor):
 
 
 def test_channel_count_mismatch_names_the_case(tiny_multiphase, tmp_path):
-    dj = json.load(open(tiny_multiphase["preprocessed"] / "dataset.json"))
+    dj = json.load(open(tiny_multiphase["preprocessed"] / "dataset.json", encoding="utf-8"))
     src = tiny_multiphase["raw"] / "imagesTr"
     for f in sorted(src.glob("case_00[01]_*")):
         shutil.copy(f, tmp_path / f.name)

@@ -35,7 +35,7 @@ def one_thread():
 
 
 def _load(folder, name):
-    with open(folder / f"{name}.json") as f:
+    with open(folder / f"{name}.json", encoding="utf-8") as f:
         return json.load(f)
 
 

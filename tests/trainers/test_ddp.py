@@ -53,7 +53,7 @@ def _worker(rank: int, world: int, port: int, dataset_id: int, env: dict, out_fi
         same = all((a == b).all() for a, b in zip(gathered[0], gathered[1]))
         changed = any(not torch.equal(a, b) for a, b in zip(head0, head1))
         json.dump({"same": bool(same), "changed": bool(changed), "n_local": n_local, "n_all": n_all,
-                   "cls_loss": float(out.get("cls_loss", -1))}, open(out_file, "w"))
+                   "cls_loss": float(out.get("cls_loss", -1))}, open(out_file, "w", encoding="utf-8"))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -63,14 +63,14 @@ def test_ddp_gloo_two_cpu_processes(tiny_multiphase, tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     out_file = str(tmp_path / "ddp.json")
     mp.spawn(_worker, args=(2, _free_port(), tiny_multiphase["id"], env, out_file), nprocs=2, join=True)
-    res = json.load(open(out_file))
+    res = json.load(open(out_file, encoding="utf-8"))
     assert res["changed"], "the classification head did not train"
     assert res["same"], "head parameters differ across ranks: gradients were not synchronised"
     assert res["n_all"] == 2 * res["n_local"] > 0
     fold = tiny_multiphase["results"] / "EarlyFusionTrainer_smoke__nnUNetPlans__3d_fullres" / "fold_3"
-    summary = json.load(open(fold / "validation" / "summary_classification.json"))
-    split = json.load(open(tiny_multiphase["preprocessed"] / "splits_final.json"))[3]["val"]
+    summary = json.load(open(fold / "validation" / "summary_classification.json", encoding="utf-8"))
+    split = json.load(open(tiny_multiphase["preprocessed"] / "splits_final.json", encoding="utf-8"))[3]["val"]
     labeled = [c for c in split if c != "case_009"]  # case_009 is the explicitly unlabeled one
     assert summary["n_cases"] == len(labeled)  # both ranks' cases gathered on rank 0
-    rows = (fold / "validation" / "classification.csv").read_text().strip().splitlines()[1:]
+    rows = (fold / "validation" / "classification.csv").read_text(encoding="utf-8").strip().splitlines()[1:]
     assert sorted(r.split(",")[0] for r in rows) == sorted(split)

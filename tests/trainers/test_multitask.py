@@ -132,9 +132,9 @@ def test_metadata_travels_to_preprocessed_and_results(tiny_multiphase):
     import json
 
     tr = make_trainer(tiny_multiphase, fold=2)
-    pre = json.load(open(tiny_multiphase["preprocessed"] / "dataset.json"))
-    res = json.load(open(os.path.join(tr.output_folder_base, "dataset.json")))
-    plans = json.load(open(os.path.join(tr.output_folder_base, "plans.json")))
+    pre = json.load(open(tiny_multiphase["preprocessed"] / "dataset.json", encoding="utf-8"))
+    res = json.load(open(os.path.join(tr.output_folder_base, "dataset.json"), encoding="utf-8"))
+    plans = json.load(open(os.path.join(tr.output_folder_base, "plans.json"), encoding="utf-8"))
     for dj in (pre, res):
         assert DatasetMetadata.from_dataset_json(dj).class_names == ["washout", "progressive", "nonenhancing"]
     assert plans["nnunet_ext"]["class_names"] == ["washout", "progressive", "nonenhancing"]

@@ -45,11 +45,11 @@ def dataset(nnunet_dirs):
     with redirect_stdout(log):
         name = plan_and_preprocess(DATASET, "STDNetPlanner", ("3d_fullres",), num_processes=1, plans_name=TINY_PLANS)
     plans_file = pre / f"{name}.json"
-    plans = json.loads(plans_file.read_text())
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
     for cfg in plans["configurations"].values():
         if "architecture" in cfg:
             cfg["architecture"]["arch_kwargs"].update(TINY_TEMPORAL)
-    plans_file.write_text(json.dumps(plans, indent=2))
+    plans_file.write_text(json.dumps(plans, indent=2), encoding="utf-8")
     return {"raw": raw, "pre": pre, "results": nnunet_dirs["nnUNet_results"] / raw.name, "log": log.getvalue(),
             "data_folders_before": before}
 
@@ -68,7 +68,7 @@ def _plans_manager(pre: Path, plans_name: str):
     from nnunet_ext.data.metadata import DatasetMetadata
 
     pm = PlansManager(str(pre / f"{plans_name}.json"))
-    dj = json.loads((pre / "dataset.json").read_text())
+    dj = json.loads((pre / "dataset.json").read_text(encoding="utf-8"))
     pm.plans[PLANS_KEY] = make_head_settings(DatasetMetadata.from_dataset_json(dj), ["CT"] * 3)  # as the trainer does
     return pm
 
@@ -83,7 +83,7 @@ def _predict_and_check(dataset, model_folder: Path, out: Path, fold) -> None:
     probs = predict(str(inp), str(out), str(model_folder), folds=(fold,), device="cpu", disable_tta=True,
                     num_processes_preprocessing=1, num_processes_export=1)
     assert set(probs) == {"case_000", "case_001"}
-    rows = (out / "classification.csv").read_text().strip().splitlines()
+    rows = (out / "classification.csv").read_text(encoding="utf-8").strip().splitlines()
     assert len(rows) == 3  # header + 2 cases
     assert (out / "case_000.nii.gz").is_file()
 
@@ -92,7 +92,7 @@ def _predict_and_check(dataset, model_folder: Path, out: Path, fold) -> None:
 def test_stdnet_planner_reused_the_vanilla_data_folder(dataset):
     assert "reusing preprocessed data" in dataset["log"]
     assert _data_folders(dataset["pre"]) == dataset["data_folders_before"] == ["nnUNetPlans_3d_fullres"]
-    plans = json.loads((dataset["pre"] / f"{TINY_PLANS}.json").read_text())
+    plans = json.loads((dataset["pre"] / f"{TINY_PLANS}.json").read_text(encoding="utf-8"))
     assert plans["configurations"]["3d_fullres"]["data_identifier"] == "nnUNetPlans_3d_fullres"
 
 
@@ -200,7 +200,6 @@ def test_stdnet_trainer_trains_on_stdnet_plans_and_predicts(dataset, single_cpu,
     _predict_and_check(dataset, model, tmp_path / "pred", 0)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("trainer,plans", [
     ("STDNetTrainer_noTemporal_smoke", "nnUNetPlans"),  # vanilla plans: U-Net topology (temporal part unused)
     ("STDNetTrainer_noWeightSharing_smoke", TINY_PLANS),
@@ -216,7 +215,6 @@ def test_ablation_and_loss_trainers_train_and_predict(dataset, single_cpu, tmp_p
     _predict_and_check(dataset, model, tmp_path / "pred", 1)
 
 
-@pytest.mark.slow
 def test_stock_console_scripts_train_and_predict_stdnet(dataset, tmp_path):
     """``nnUNetv2_train ... -tr STDNetTrainer_smoke -device cpu`` (nnU-Net's own entry point, finding the trainer
     through nnUNet_extTrainer) and ``nnunet-ext predict`` in subprocesses."""
@@ -232,5 +230,5 @@ def test_stock_console_scripts_train_and_predict_stdnet(dataset, tmp_path):
     subprocess.run([str(bin_dir / "nnunet-ext"), "predict", "-i", str(inp), "-o", str(out), "-d", str(DATASET),
                     "-c", "3d_fullres", "-tr", "STDNetTrainer_smoke", "-p", TINY_PLANS, "-f", "2", "-device", "cpu",
                     "--disable_tta", "-npp", "1", "-nps", "1"], check=True, env=env, capture_output=True, timeout=600)
-    assert len((out / "classification.csv").read_text().strip().splitlines()) == 2
+    assert len((out / "classification.csv").read_text(encoding="utf-8").strip().splitlines()) == 2
     assert (out / "case_002.nii.gz").is_file()
