@@ -12,6 +12,7 @@ import importlib
 import os
 import shlex
 import sys
+import warnings
 
 COMMAND_MODULES = (
     "nnunet_ext.cli",  # the core commands below
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # timm (imported by dynamic-network-architectures) uses torch.jit.interface; the deprecation is not ours to fix
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated", category=FutureWarning)
     from nnunet_ext.errors import NnunetExtError
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -179,8 +179,8 @@ def results_table(res, heldout: dict, cfg: DemoConfig, seconds: float) -> str:
 
     s = SCHEDULES["demo"]
     lesion = res.lesion[0]
-    dice = {r["method"]: r["mean"] for r in res.segmentation
-            if r["metric"] == "dice" and r["structure"] == lesion and r["subset"] == "all"}
+    dice = {(r["method"], r["structure"]): r["mean"] for r in res.segmentation
+            if r["metric"] == "dice" and r["subset"] == "all"}
     cls = (res.classification or {}).get("results", {})
     lines = [
         "",
@@ -188,14 +188,16 @@ def results_table(res, heldout: dict, cfg: DemoConfig, seconds: float) -> str:
         f"{cfg.n_train} synthetic training cases, {cfg.device}. These numbers show that the system runs end to end;",
         "the schedule is far too short to say which method is better (see examples/synthetic_comparison.py).",
         "",
-        f"{'method':<32}{'val lesion Dice':>16}{'val AUC':>9}{'val acc':>9}{'held-out Dice':>15}{'held-out acc':>14}",
+        f"{'':<40}{'fold-0 validation':^40}{'held-out set':^26}",
+        f"{'method (plans)':<40}{'liver Dice':>11}{'lesion Dice':>12}{'AUC':>8}{'acc':>8}{'lesion Dice':>13}{'acc':>8}",
     ]
     for spec in res.methods:
         m = spec.name
         summary = cls.get(m, {}).get("summary", {})
         h = heldout.get(spec.trainer, {})
-        lines.append(f"{m:<32}{_fmt(dice.get(m)):>16}{_fmt(summary.get('auc_ovr_macro')):>9}"
-                     f"{_fmt(summary.get('accuracy')):>9}{_fmt(h.get('lesion_dice')):>15}{_fmt(h.get('accuracy')):>14}")
+        lines.append(f"{f'{spec.trainer} ({spec.plans})':<40}{_fmt(dice.get((m, 'liver'))):>11}"
+                     f"{_fmt(dice.get((m, lesion))):>12}{_fmt(summary.get('auc_ovr_macro')):>8}"
+                     f"{_fmt(summary.get('accuracy')):>8}{_fmt(h.get('lesion_dice')):>13}{_fmt(h.get('accuracy')):>8}")
     n_val = len(res.cases)
     lines += [f"(validation: {n_val} fold-0 cases; held-out: {next(iter(heldout.values()))['n']} cases; '-' = the "
               "method has no classification head)",

@@ -5,6 +5,8 @@ Every function takes plain data (method name -> per-case values), writes one PNG
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -15,6 +17,26 @@ from nnunet_ext.evaluation.statistics import Interval
 
 DPI = 150
 _CMAP = "tab10"
+
+
+@contextlib.contextmanager
+def default_style():
+    """Matplotlib's default rc settings for the duration of a plot. nnU-Net's progress plot calls
+    ``seaborn.set(font_scale=2.5)``, which changes the global style of every later figure in the same process."""
+    import matplotlib
+
+    style = {k: v for k, v in matplotlib.rcParamsDefault.items() if k not in ("backend", "backend_fallback")}
+    with matplotlib.rc_context(style):
+        yield
+
+
+def _styled(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with default_style():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _colors(n: int) -> list:
@@ -60,6 +82,7 @@ def _violin(ax, positions: Sequence[float], groups: Sequence[np.ndarray], colors
         ax.scatter([pos], [v.mean()], marker="D", s=28, color="white", edgecolor="black", zorder=4)
 
 
+@_styled
 def violins_by_method(panels: Mapping[str, Mapping[str, Sequence[float]]], ylabel: str, path: str,
                       title: str | None = None) -> str:
     """One panel per structure, one violin per method. ``panels``: {structure: {method: per-case values}}."""
@@ -77,6 +100,7 @@ def violins_by_method(panels: Mapping[str, Mapping[str, Sequence[float]]], ylabe
     return _save(fig, path)
 
 
+@_styled
 def violins_by_stratum(strata: Mapping[str, Mapping[str, Sequence[float]]], ylabel: str, path: str,
                        title: str | None = None) -> str:
     """Grouped violins: x = lesion-size stratum (with its n), colour = method, legend below the axes.
@@ -105,6 +129,7 @@ def violins_by_stratum(strata: Mapping[str, Mapping[str, Sequence[float]]], ylab
     return _save(fig, path)
 
 
+@_styled
 def roc_curves(y_true: Sequence[int], probs_by_method: Mapping[str, np.ndarray], class_names: Sequence[str],
                path: str, aucs: Mapping[str, Sequence[float]] | None = None) -> str:
     """One panel per class (one-vs-rest), one ROC curve per method; legend with each method's AUC.
@@ -134,6 +159,7 @@ def roc_curves(y_true: Sequence[int], probs_by_method: Mapping[str, np.ndarray],
     return _save(fig, path)
 
 
+@_styled
 def confusion_matrices(matrices: Mapping[str, np.ndarray], class_names: Sequence[str], path: str) -> str:
     """One panel per method: counts, with row-normalised colour (recall per true class)."""
     fig, axes = _figure(len(matrices), 3.6 + 0.3 * len(class_names), 3.4 + 0.3 * len(class_names))
@@ -155,6 +181,7 @@ def confusion_matrices(matrices: Mapping[str, np.ndarray], class_names: Sequence
     return _save(fig, path)
 
 
+@_styled
 def ablation_bars(panels: Mapping[str, Mapping[str, Interval]], full_model: str, path: str) -> str:
     """One panel per metric (e.g. "Δ lesion Dice", "Δ macro AUC"), one bar per ablated method: the paired
     difference (method - full model) with its bootstrap 95% CI as error bar."""
@@ -175,6 +202,10 @@ def ablation_bars(panels: Mapping[str, Mapping[str, Interval]], full_model: str,
                 ax.annotate(f"{e:+.3f}", (xi, y), xytext=(0, 3 if e >= 0 else -3), textcoords="offset points",
                             ha="center", va="bottom" if e >= 0 else "top", fontsize=8)
         ax.margins(y=0.12)
+        span = np.nanmax(np.abs(np.concatenate([est, lo, hi]))) if np.isfinite(est).any() else 0.0
+        if not span > 1e-9:  # all differences zero: a readable symmetric axis instead of a 1e-17 offset
+            ax.set_ylim(-0.05, 0.05)
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_xticks(x, methods, rotation=25, ha="right", fontsize=8)
         ax.set_ylabel("method - full model")
         ax.set_title(metric)
@@ -184,6 +215,7 @@ def ablation_bars(panels: Mapping[str, Mapping[str, Interval]], full_model: str,
     return _save(fig, path)
 
 
+@_styled
 def paired_scatter(panels: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str,
                    path: str, title: str | None = None) -> str:
     """One panel per structure: per-case score without (x) vs with (y) a perturbation, identity line dashed.

@@ -24,7 +24,13 @@ def add_log_keys(meta_logger, fill_to: int = 0) -> None:
 
 def plot_classification_progress(meta_logger, output_folder: str) -> str:
     """Write ``progress_classification.png``: train/val classification loss, val accuracy and AUC per epoch."""
-    store = meta_logger.local_logger.my_fantastic_logging
+    from nnunet_ext.evaluation.plots import default_style
+
+    with default_style():
+        return _plot(meta_logger.local_logger.my_fantastic_logging, output_folder)
+
+
+def _plot(store: dict, output_folder: str) -> str:
     n = min(len(store[k]) for k in CLS_LOG_KEYS)
     epochs = list(range(n))
     fig, (ax_loss, ax_metric) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
