@@ -16,14 +16,15 @@ trainings are not repeated); ``--fresh`` starts over. GPU when available, else C
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 
+from nnunet_ext.workflows import cpu_friendly_processes, model_folder, quiet, stage, train_if_needed, use_workspace
+
 TRAIN_ID, TEST_ID = 500, 501
+TRAIN_NAME = f"Dataset{TRAIN_ID}_SyntheticLiver"
 
 
 def trainers(device: str) -> tuple[tuple[str, str], ...]:
@@ -45,37 +46,6 @@ class DemoConfig:
     fresh: bool = False
 
 
-@contextlib.contextmanager
-def _quiet(log_path: str):
-    """Send nnU-Net's prints (stdout) to a log file; progress bars (stderr) stay on the terminal."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f):
-        yield
-
-
-def _stage(msg: str) -> None:
-    print(f"\n==> {msg}", file=sys.stderr, flush=True)
-
-
-def _set_environment(cfg: DemoConfig) -> dict[str, str]:
-    root = os.path.abspath(cfg.output)
-    env = {"nnUNet_raw": os.path.join(root, "nnUNet_raw"),
-           "nnUNet_preprocessed": os.path.join(root, "nnUNet_preprocessed"),
-           "nnUNet_results": os.path.join(root, "nnUNet_results")}
-    for v in env.values():
-        os.makedirs(v, exist_ok=True)
-    os.environ.update(env)
-    cpus = os.cpu_count() or 1
-    os.environ.setdefault("nnUNet_def_n_proc", str(min(2, cpus)))
-    if cfg.device == "cpu":
-        os.environ.setdefault("nnUNet_n_proc_DA", "0" if cpus <= 2 else str(min(4, cpus - 1)))
-    os.environ.setdefault("MPLBACKEND", "agg")
-    from nnunet_ext.trainers.run import ensure_trainer_path
-
-    ensure_trainer_path()
-    return env
-
-
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo end to end; returns the benchmark result and the held-out predictions' folders."""
     import torch
@@ -84,68 +54,58 @@ def run_demo(cfg: DemoConfig) -> dict:
     cfg.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.fresh and os.path.isdir(cfg.output):
         shutil.rmtree(cfg.output)
-    env = _set_environment(cfg)
+    env = use_workspace(cfg.output)
+    cpu_friendly_processes(cfg.device)
     logs = os.path.join(os.path.abspath(cfg.output), "logs")
 
     from nnunet_ext.conversion.synthetic_liver import convert_synthetic_liver
     from nnunet_ext.evaluation.benchmark import run_benchmark
     from nnunet_ext.inference.predict import predict
     from nnunet_ext.planners.api import plan_and_preprocess
-    from nnunet_ext.trainers.run import train
 
-    _stage(f"1/6 synthetic multiphase liver CT: {cfg.n_train} training + {cfg.n_test} held-out cases "
+    stage(f"1/6 synthetic multiphase liver CT: {cfg.n_train} training + {cfg.n_test} held-out cases "
            f"of {'x'.join(map(str, cfg.shape))} voxels")
-    with _quiet(os.path.join(logs, "generate.log")):
+    with quiet(os.path.join(logs, "generate.log")):
         convert_synthetic_liver(TRAIN_ID, n_cases=cfg.n_train, shape=cfg.shape, seed=cfg.seed)
         test_folder = convert_synthetic_liver(TEST_ID, n_cases=cfg.n_test, shape=cfg.shape, seed=cfg.seed + 1000,
                                               name="SyntheticLiverTest")
 
-    _stage("2/6 plan and preprocess: vanilla nnU-Net plans, then STDNetPlanner (reuses the vanilla data)")
-    with _quiet(os.path.join(logs, "plan.log")):
+    stage("2/6 plan and preprocess: vanilla nnU-Net plans, then STDNetPlanner (reuses the vanilla data)")
+    with quiet(os.path.join(logs, "plan.log")):
         plan_and_preprocess(TRAIN_ID, "ExperimentPlanner", ("3d_fullres",), num_processes=2)
         plan_and_preprocess(TRAIN_ID, "STDNetPlannerCPU" if cfg.device == "cpu" else "STDNetPlanner", ("3d_fullres",),
                             num_processes=2)
 
     methods = trainers(cfg.device)
-    _stage(f"3/6 train fold 0 on the short demo schedule ({cfg.device}): " + ", ".join(t for t, _ in methods))
-    from nnunetv2.paths import nnUNet_results
-
+    stage(f"3/6 train fold 0 on the short demo schedule ({cfg.device}): " + ", ".join(t for t, _ in methods))
     for trainer, plans in methods:
-        folder = os.path.join(nnUNet_results.get(), f"Dataset{TRAIN_ID}_SyntheticLiver",
-                              f"{trainer}__{plans}__3d_fullres", "fold_0")
-        if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
-            print(f"    {trainer}: already trained, reusing {folder}", file=sys.stderr)
-            continue
-        print(f"    {trainer} ({plans})", file=sys.stderr, flush=True)
-        with _quiet(os.path.join(logs, f"train_{trainer}.log")):
-            train(str(TRAIN_ID), "3d_fullres", "0", trainer, plans, device=cfg.device,
-                  continue_training=os.path.isdir(folder))
+        train_if_needed(TRAIN_NAME, "3d_fullres", 0, trainer, plans, cfg.device,
+                        os.path.join(logs, f"train_{trainer}.log"))
 
-    _stage("4/6 predict the held-out cases (segmentations + classification.csv)")
+    stage("4/6 predict the held-out cases (segmentations + classification.csv)")
     predictions = {}
     for trainer, plans in methods:
         out = os.path.join(os.path.abspath(cfg.output), "predictions_heldout", trainer)
-        model = os.path.join(nnUNet_results.get(), f"Dataset{TRAIN_ID}_SyntheticLiver",
-                             f"{trainer}__{plans}__3d_fullres")
-        with _quiet(os.path.join(logs, f"predict_{trainer}.log")):
+        model = model_folder(TRAIN_NAME, trainer, plans)
+        with quiet(os.path.join(logs, f"predict_{trainer}.log")):
             predict(os.path.join(test_folder, "imagesTr"), out, model, folds=[0], device=cfg.device,
                     disable_tta=cfg.device == "cpu", num_processes_preprocessing=1, num_processes_export=1)
         predictions[trainer] = out
 
-    _stage("5/6 nnunet-ext benchmark on the fold-0 validation predictions")
-    with _quiet(os.path.join(logs, "benchmark.log")):
+    stage("5/6 nnunet-ext benchmark on the fold-0 validation predictions")
+    with quiet(os.path.join(logs, "benchmark.log")):
         res = run_benchmark(TRAIN_ID, [t if p == "nnUNetPlans" else f"{t}:{p}" for t, p in methods[1:]],
                             reference=methods[0][0], folds=[0], device=cfg.device,
                             full_model="STDNetTrainer_demo", command="nnunet-ext demo")
     heldout = heldout_scores(test_folder, predictions)
 
-    _stage("6/6 results")
+    stage("6/6 results")
     print(results_table(res, heldout, cfg, time.time() - t0))
     return {"benchmark": res, "heldout": heldout, "predictions": predictions, "env": env}
 
 
 def heldout_scores(test_folder: str, predictions: dict[str, str]) -> dict[str, dict]:
-    """Mean lesion Dice and case accuracy of each method on the held-out set (ground truth of the test dataset)."""
+    """Mean liver and lesion Dice and case accuracy of each method on the held-out set (the test dataset's truth)."""
     import csv
 
     import numpy as np
@@ -157,18 +117,19 @@ def heldout_scores(test_folder: str, predictions: dict[str, str]) -> dict[str, d
     md = validate_raw_dataset(test_folder)
     out = {}
     for trainer, folder in predictions.items():
-        dices, correct = [], []
+        dices, liver, correct = [], [], []
         for case in sorted(md.cases):
             ref = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(test_folder, "labelsTr", f"{case}.nii.gz")))
             pred = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, f"{case}.nii.gz")))
             dices.append(dice(pred == 2, ref == 2))
+            liver.append(dice(pred == 1, ref == 1))
         csv_path = os.path.join(folder, "classification.csv")
         if os.path.isfile(csv_path):
             with open(csv_path, encoding="utf-8") as f:
                 for row in csv.DictReader(f):
                     true = md.cases[row["case_id"]].class_index
                     correct.append(md.class_names[true] == row["predicted_class"])
-        out[trainer] = {"lesion_dice": float(np.nanmean(dices)),
+        out[trainer] = {"lesion_dice": float(np.nanmean(dices)), "liver_dice": float(np.nanmean(liver)),
                         "accuracy": float(np.mean(correct)) if correct else float("nan"), "n": len(dices)}
     return out
 
@@ -188,8 +149,9 @@ def results_table(res, heldout: dict, cfg: DemoConfig, seconds: float) -> str:
         f"{cfg.n_train} synthetic training cases, {cfg.device}. These numbers show that the system runs end to end;",
         "the schedule is far too short to say which method is better (see examples/synthetic_comparison.py).",
         "",
-        f"{'':<40}{'fold-0 validation':^40}{'held-out set':^26}",
-        f"{'method (plans)':<40}{'liver Dice':>11}{'lesion Dice':>12}{'AUC':>8}{'acc':>8}{'lesion Dice':>13}{'acc':>8}",
+        f"{'':<40}{'fold-0 validation':^39}  {'held-out set':^37}",
+        f"{'method (plans)':<40}{'liver Dice':>11}{'lesion Dice':>12}{'AUC':>8}{'acc':>8}  {'liver Dice':>11}"
+        f"{'lesion Dice':>12}{'acc':>8}",
     ]
     for spec in res.methods:
         m = spec.name
@@ -197,7 +159,8 @@ def results_table(res, heldout: dict, cfg: DemoConfig, seconds: float) -> str:
         h = heldout.get(spec.trainer, {})
         lines.append(f"{f'{spec.trainer} ({spec.plans})':<40}{_fmt(dice.get((m, 'liver'))):>11}"
                      f"{_fmt(dice.get((m, lesion))):>12}{_fmt(summary.get('auc_ovr_macro')):>8}"
-                     f"{_fmt(summary.get('accuracy')):>8}{_fmt(h.get('lesion_dice')):>13}{_fmt(h.get('accuracy')):>8}")
+                     f"{_fmt(summary.get('accuracy')):>8}  {_fmt(h.get('liver_dice')):>11}"
+                     f"{_fmt(h.get('lesion_dice')):>12}{_fmt(h.get('accuracy')):>8}")
     n_val = len(res.cases)
     lines += [f"(validation: {n_val} fold-0 cases; held-out: {next(iter(heldout.values()))['n']} cases; '-' = the "
               "method has no classification head)",

@@ -55,7 +55,12 @@ def build_stdnet(plans_manager: PlansManager, configuration_manager: Configurati
 
 
 class STDNetTrainer(MultiTaskTrainer):
-    """STD-Net with nnU-Net's segmentation loss (Dice + CE, deep supervision) + ``cls_loss_weight`` * CE."""
+    """STD-Net with nnU-Net's segmentation loss (Dice + CE, deep supervision) + ``cls_loss_weight`` * CE.
+
+    Datasets without classes (LiTS, MSD: single-phase, segmentation only, the paper's N=1 setting) train STD-Net
+    without a characterization head."""
+
+    requires_classification = False
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
