@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 
 
 def use_workspace(root: str, overwrite_env: bool = True) -> dict[str, str]:
@@ -22,6 +23,8 @@ def use_workspace(root: str, overwrite_env: bool = True) -> dict[str, str]:
         env[key] = os.environ[key]
         os.makedirs(env[key], exist_ok=True)
     os.environ.setdefault("MPLBACKEND", "agg")
+    # timm (imported by dynamic-network-architectures) uses torch.jit.interface; the deprecation is not ours to fix
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated", category=FutureWarning)
     ensure_trainer_path()
     return env
 
@@ -70,3 +73,43 @@ def quiet(log_path: str | None):
 
 def stage(msg: str) -> None:
     print(f"\n==> {msg}", file=sys.stderr, flush=True)
+
+
+def stdnet_planner_for(device: str) -> tuple[str, str]:
+    """(planner, plans name) for STD-Net: the paper's temporal modeler on a GPU, the reduced CPU preset otherwise."""
+    return ("STDNetPlannerCPU", "STDNetPlansCPU") if device == "cpu" else ("STDNetPlanner", "STDNetPlans")
+
+
+def plan_vanilla_and_stdnet(dataset_id: int, device: str, log_path: str | None = None,
+                            configuration: str = "3d_fullres") -> str:
+    """Plan and preprocess with nnU-Net's default planner, then with the STD-Net planner (which reuses the vanilla
+    data folder). Returns the STD-Net plans name."""
+    from nnunetv2.configuration import default_num_processes
+
+    from nnunet_ext.planners.api import plan_and_preprocess
+
+    planner, plans = stdnet_planner_for(device)
+    n = max(1, min(int(default_num_processes), os.cpu_count() or 1))
+    with quiet(log_path):
+        plan_and_preprocess(dataset_id, "ExperimentPlanner", (configuration,), num_processes=n)
+        plan_and_preprocess(dataset_id, planner, (configuration,), num_processes=n)
+    return plans
+
+
+def train_methods(dataset_name: str, methods, folds, device: str, logs: str, configuration: str = "3d_fullres"):
+    """``train_if_needed`` for every (trainer, plans) of ``methods`` and every fold; logs in ``logs/<trainer>.log``."""
+    for fold in folds:
+        for trainer, plans in methods:
+            train_if_needed(dataset_name, configuration, fold, trainer, plans, device,
+                            os.path.join(logs, f"{trainer}.log"))
+
+
+def benchmark_methods(dataset_id: int, methods, folds, device: str, output_folder: str, command: str,
+                      full_model: str | None = None, log_path: str | None = None, efficiency: bool = True):
+    """``nnunet-ext benchmark`` of ``methods[1:]`` against ``methods[0]`` (the reference)."""
+    from nnunet_ext.evaluation.benchmark import run_benchmark
+
+    with quiet(log_path):
+        return run_benchmark(dataset_id, [t if p == "nnUNetPlans" else f"{t}:{p}" for t, p in methods[1:]],
+                             reference=methods[0][0], folds=list(folds), device=device, full_model=full_model,
+                             output_folder=output_folder, efficiency=efficiency, command=command)

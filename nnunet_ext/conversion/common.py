@@ -291,7 +291,8 @@ class Stage:
         skips (and reports) the case instead of aborting the conversion."""
         from tqdm.auto import tqdm
 
-        for case, item in tqdm(items, desc=desc, unit="case", file=sys.stderr, dynamic_ncols=True):
+        for case, item in tqdm(items, desc=desc, unit="case", file=sys.stderr, dynamic_ncols=True,
+                               disable=not items):
             try:
                 fn(case, item)
             except ConversionError as e:

@@ -25,6 +25,7 @@ SCHEDULES: dict[str, Schedule] = {
     "smoke": Schedule(1, 2, 1, mirroring=False),       # CI: a couple of steps, proves the plumbing
     "smoke3": Schedule(3, 4, 1, mirroring=False),      # CI: three short epochs (kill-and-resume tests)
     "demo": Schedule(4, 12, 4, mirroring=False, progress_bar=True),  # `make demo` on a 2-core CPU
+    "cpu240": Schedule(12, 20, 5, mirroring=False, progress_bar=True),  # CPU comparisons: 240 iterations
     "1epoch": Schedule(1),
     "5epochs": Schedule(5),
     "10epochs": Schedule(10),

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ext.conversion.export_dicom import dicom_uid, write_dicom_series  # noqa: F401 (re-exported)
+
 SHAPE = (8, 24, 24)
 SPACING = (1.5, 1.5, 3.0)  # x, y, z (SimpleITK order)
 PHASE_HU = {"precontrast": (55.0, 40.0), "arterial": (80.0, 150.0), "portal_venous": (120.0, 90.0),
@@ -122,33 +124,7 @@ def make_v1_task(root: Path, task: str = "Task100_Prostate", modalities: Mapping
 
 
 # --------------------------------------------------------------------------- DICOM
-def write_dicom_series(img: sitk.Image, folder: Path, tags: Mapping[str, str], pattern: str = "1-{:02d}.dcm",
-                       iop: Sequence[float] | None = None) -> list[Path]:
-    """One file per slice with SimpleITK's GDCM writer; ``tags`` (``"gggg|eeee": value``) go into every slice,
-    ImagePositionPatient / InstanceNumber are set per slice."""
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    writer.SetImageIO("GDCMImageIO")
-    d = np.asarray(img.GetDirection()).reshape(3, 3)
-    iop = iop if iop is not None else list(d[:, 0]) + list(d[:, 1])
-    out = []
-    for k in range(img.GetSize()[2]):
-        sl = img[:, :, k]
-        meta = {"0020|0037": "\\".join(f"{v:.6f}" for v in iop), "0020|0013": str(k + 1),
-                "0020|0032": "\\".join(f"{v:.4f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k))),
-                "0018|0050": f"{img.GetSpacing()[2]:.3f}", **tags}
-        for key, value in meta.items():
-            sl.SetMetaData(key, value)
-        path = folder / pattern.format(k + 1 if "-" in pattern else k)
-        writer.SetFileName(str(path))
-        writer.Execute(sl)
-        out.append(path)
-    return out
-
-
-def uid(*parts: int) -> str:
-    return "1.2.826.0.1.3680043.9.7433." + ".".join(str(p) for p in parts)
+uid = dicom_uid
 
 
 def make_dicom_multiphase(root: Path, cases: Sequence[str] = ("TCGA-DD-A001", "TCGA-DD-A002"),
