@@ -7,6 +7,7 @@ import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -18,7 +19,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, dataset_id: int, env: dict, out_file: str):
+def _worker(rank: int, world: int, port: int, dataset_id: int, env: dict, out_file: str, trainer: str, plans: str):
     os.environ.update(env)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -28,8 +29,7 @@ def _worker(rank: int, world: int, port: int, dataset_id: int, env: dict, out_fi
     from nnunet_ext.trainers.run import ensure_trainer_path
 
     ensure_trainer_path()
-    tr = get_trainer_from_args(str(dataset_id), "3d_fullres", 3, "EarlyFusionTrainer_smoke", "nnUNetPlans",
-                               device=torch.device("cpu"))
+    tr = get_trainer_from_args(str(dataset_id), "3d_fullres", 3, trainer, plans, device=torch.device("cpu"))
     tr.on_train_start()
     assert isinstance(tr.network, torch.nn.parallel.DistributedDataParallel)
     head0 = [p.detach().clone() for p in tr.network.module.cls_head.parameters()]
@@ -58,16 +58,23 @@ def _worker(rank: int, world: int, port: int, dataset_id: int, env: dict, out_fi
     dist.destroy_process_group()
 
 
-def test_ddp_gloo_two_cpu_processes(tiny_multiphase, tmp_path):
+@pytest.mark.parametrize("trainer,plans", [("EarlyFusionTrainer_smoke", "nnUNetPlans"),
+                                           ("STDNetTrainer_smoke", "STDNetPlansCPU")])
+def test_ddp_gloo_two_cpu_processes(tiny_multiphase, tmp_path, trainer, plans):
+    if plans != "nnUNetPlans":
+        from nnunet_ext.planners.api import plan_and_preprocess
+
+        plan_and_preprocess(tiny_multiphase["id"], "STDNetPlannerCPU", ("3d_fullres",), num_processes=1)
     env = {k: v for k, v in os.environ.items() if k.startswith(("nnUNet", "OMP", "MPL"))}
     env["OMP_NUM_THREADS"] = "1"
     out_file = str(tmp_path / "ddp.json")
-    mp.spawn(_worker, args=(2, _free_port(), tiny_multiphase["id"], env, out_file), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), tiny_multiphase["id"], env, out_file, trainer, plans), nprocs=2,
+             join=True)
     res = json.load(open(out_file, encoding="utf-8"))
     assert res["changed"], "the classification head did not train"
     assert res["same"], "head parameters differ across ranks: gradients were not synchronised"
     assert res["n_all"] == 2 * res["n_local"] > 0
-    fold = tiny_multiphase["results"] / "EarlyFusionTrainer_smoke__nnUNetPlans__3d_fullres" / "fold_3"
+    fold = tiny_multiphase["results"] / f"{trainer}__{plans}__3d_fullres" / "fold_3"
     summary = json.load(open(fold / "validation" / "summary_classification.json", encoding="utf-8"))
     split = json.load(open(tiny_multiphase["preprocessed"] / "splits_final.json", encoding="utf-8"))[3]["val"]
     labeled = [c for c in split if c != "case_009"]  # case_009 is the explicitly unlabeled one
