@@ -21,9 +21,9 @@ Measured (JSON lines on stdout and in ``--out``), per network:
   patch) converted with nnU-Net's calibration (560e6 units at batch 2 = 8 GB), against
   ``torch.cuda.max_memory_allocated`` over the timed training steps.
 
-Run on a GPU machine from the repository root (no ``__main__`` block by project convention)::
+Run on a GPU machine from the repository root::
 
-    python -c "import sys; from benchmarks.stdnet_gpu import main; sys.exit(main())" --out stdnet_gpu.jsonl
+    python benchmarks/stdnet_gpu.py --out stdnet_gpu.jsonl
 
 Levers: ``--channels-last`` (channels_last_3d), ``--bf16`` (bf16 autocast, no GradScaler), ``--sdpa-backend``
 (force a fused kernel or the math path), ``--cuda-graphs`` (``torch.compile(mode="reduce-overhead")``),
@@ -328,3 +328,7 @@ def main(argv=None) -> int:
         return 2
     run(args)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

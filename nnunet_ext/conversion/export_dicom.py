@@ -88,3 +88,18 @@ def raw_dataset_to_dicom(raw_folder: str | os.PathLike, out_root: str | os.PathL
         w.writeheader()
         w.writerows(rows)
     return manifest
+
+
+def displace_dicom_geometry(folder: str | os.PathLike, transform: sitk.Transform) -> None:
+    """Rewrite ImagePositionPatient / ImageOrientationPatient of every slice so the series' anatomy is moved by the
+    rigid ``transform`` (a point p now lies at ``transform(p)``); pixel data are untouched."""
+    import pydicom
+
+    r = np.asarray(transform.GetMatrix()).reshape(3, 3)
+    for f in sorted(Path(folder).iterdir()):
+        ds = pydicom.dcmread(f)
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        ipp = transform.TransformPoint([float(v) for v in ds.ImagePositionPatient])
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([r @ iop[:3], r @ iop[3:]])]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
+        ds.save_as(f)

@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_ext.conversion.export_dicom import dicom_uid, write_dicom_series  # noqa: F401 (re-exported)
+from nnunet_ext.conversion.export_dicom import (  # noqa: F401 (re-exported for the tests)
+    dicom_uid,
+    displace_dicom_geometry,
+    write_dicom_series,
+)
 
 SHAPE = (8, 24, 24)
 SPACING = (1.5, 1.5, 3.0)  # x, y, z (SimpleITK order)
@@ -239,18 +243,3 @@ def add_reformatted_slice(series_folder: Path, tags: Mapping[str, str]) -> Path:
     """Drop a coronal slice (another ImageOrientationPatient) with the same SeriesInstanceUID into an axial series."""
     img = to_image(np.zeros((1, SHAPE[1], SHAPE[2]), np.int16), origin=(0.0, 30.0, 0.0))
     return write_dicom_series(img, series_folder, tags, pattern="1-99.dcm", iop=[1, 0, 0, 0, 0, -1])[0]
-
-
-def displace_dicom_geometry(folder: Path, transform: sitk.Transform) -> None:
-    """Rewrite ImagePositionPatient / ImageOrientationPatient of every slice so the series' anatomy is moved by the
-    rigid ``transform`` (a point p now lies at ``transform(p)``); pixel data are untouched."""
-    import pydicom
-
-    r = np.asarray(transform.GetMatrix()).reshape(3, 3)
-    for f in sorted(folder.iterdir()):
-        ds = pydicom.dcmread(f)
-        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-        ipp = transform.TransformPoint([float(v) for v in ds.ImagePositionPatient])
-        ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([r @ iop[:3], r @ iop[3:]])]
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
-        ds.save_as(f)

@@ -7,11 +7,6 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage as ndi
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from nnunet_ext.conversion.synthetic import TRUTH_FILE, SyntheticDataError, apply_rigid, case_rngs
 from nnunet_ext.conversion.synthetic_liver import (
@@ -23,6 +18,7 @@ from nnunet_ext.conversion.synthetic_liver import (
 )
 from nnunet_ext.data.metadata import validate_raw_dataset
 from nnunet_ext.errors import NnunetExtError
+from nnunet_ext.evaluation.separability import phase_separability
 
 TINY = {"shape": (24, 40, 40), "spacing": (4.0, 3.0, 3.0)}  # the default field of view at half resolution
 
@@ -166,47 +162,13 @@ def test_cli_registers_synthetic_liver(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- separability
-def lesion_features(image: np.ndarray, seg: np.ndarray, spacing) -> np.ndarray:
-    """``(P, 2)`` per phase: mean lesion-minus-liver HU and rim-minus-core HU of the largest lesion (rim: outer half
-    of its depth, core: inner half)."""
-    lab, _ = ndi.label(seg == 2, np.ones((3, 3, 3)))
-    lesion = lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1
-    depth = ndi.distance_transform_edt(lesion, sampling=spacing)
-    rim, core = lesion & (depth <= 0.5 * depth.max()), depth > 0.5 * depth.max()
-    if not rim.any():  # a lesion one voxel thick everywhere: no rim/core structure
-        rim = core = lesion
-    parenchyma = seg == 1
-    return np.array([[ph[lesion].mean() - ph[parenchyma].mean(), ph[rim].mean() - ph[core].mean()] for ph in image])
-
-
-def class_accuracy(features: np.ndarray, types: np.ndarray, classes: np.ndarray) -> float:
-    """Case-class accuracy of a logistic regression trained on lesion *types* (a linear model cannot represent
-    benign = hemangioma or cyst as one region; training on types keeps single phases from looking worse than they
-    are), 5-fold cross-validation repeated 3 times."""
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=3000))
-    accs = []
-    for repeat in range(3):
-        pred = cross_val_predict(clf, features, types, cv=StratifiedKFold(5, shuffle=True, random_state=repeat))
-        accs.append(np.mean(np.array([DEFAULT_CLASS_MAP[t] for t in pred]) == classes))
-    return float(np.mean(accs))
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_no_single_phase_separates_the_classes(seed):
     """The class lives in the dynamics: all phases together classify well, any one phase much worse. Observed over
     seeds 0-9 (150 cases, 32x48x48 at 4x3x3 mm, no motion): all phases 0.86-0.91, best single phase 0.58-0.69,
     gap >= 0.19."""
-    shape, spacing, names = (32, 48, 48), (4.0, 3.0, 3.0), ["HCC", "metastasis", "benign"]
-    feats, types, classes = [], [], []
-    for i, rng in enumerate(case_rngs(seed, 150)):
-        case = synthesize_liver_case(rng, shape, spacing, class_name=names[i % 3], max_shift_mm=0.0,
-                                     max_rotation_deg=0.0, with_text=False)
-        feats.append(lesion_features(case.image, case.seg, spacing))
-        types.append(case.lesion_type)
-        classes.append(case.class_name)
-    feats, types, classes = np.array(feats), np.array(types), np.array(classes)
-    all_phases = class_accuracy(feats.reshape(len(feats), -1), types, classes)
-    single = [class_accuracy(feats[:, p], types, classes) for p in range(feats.shape[1])]
+    res = phase_separability(150, seed)
+    all_phases, single = res["all_phases"], res["single_phase"]
     print(f"seed {seed}: all phases {all_phases:.3f}, single phases {np.round(single, 3).tolist()}")
     assert all_phases >= 0.8
     assert max(single) <= 0.75

@@ -189,4 +189,6 @@ def test_memory_estimate_matches_measured_peak(planned, one_thread):
                                      cm.network_arch_init_kwargs_req_import, 3, 3, allow_init=False,
                                      deep_supervision=True)
         ratios[name] = _peak_training_bytes(net, x) / (batch * estimate) / unit_bytes_unet
+    print(f"measured peak bytes per planner unit, relative to PlainConvUNet (patch {patch}, batch {batch}): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     assert all(0.75 <= r <= 1.25 for r in ratios.values()), ratios
