@@ -18,13 +18,12 @@ import sys
 from pathlib import Path
 
 from nnunet_ext.workflows import (
-    cpu_friendly_processes,
     model_folder,
     plan_vanilla_and_stdnet,
     quiet,
     stage,
+    start_run,
     train_methods,
-    use_workspace,
 )
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "ct_abdomen"
@@ -79,7 +78,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     import numpy as np
     import SimpleITK as sitk
-    import torch
 
     from nnunet_ext.evaluation.segmentation import dice
     from nnunet_ext.inference.predict import predict
@@ -95,11 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     folds = args.folds or (["all"] if len(images) < 5 else ["0", "1", "2", "3", "4"])
     schedule = "smoke" if args.smoke else args.schedule
     suffix = f"_{schedule}" if schedule else ""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    root = os.path.abspath(args.output)
-    env = use_workspace(root)
-    cpu_friendly_processes(device)
-    logs = os.path.join(root, "logs")
+    device, root, logs = start_run(args.output, args.device)
+    env = {k: os.environ[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
 
     stage(f"dataset from {len(images)} CT(s), liver = label {args.liver_label}")
     raw = build_dataset(images, labels, args.liver_label, args.d, env["nnUNet_raw"],

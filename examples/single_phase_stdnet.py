@@ -18,12 +18,11 @@ import sys
 
 from nnunet_ext.workflows import (
     benchmark_methods,
-    cpu_friendly_processes,
     plan_vanilla_and_stdnet,
     quiet,
     stage,
+    start_run,
     train_methods,
-    use_workspace,
 )
 
 
@@ -40,16 +39,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
 
-    import torch
-
     from nnunet_ext.conversion.lits import convert_lits
     from nnunet_ext.conversion.msd import convert_msd
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    root = os.path.abspath(args.output)
-    use_workspace(root)
-    cpu_friendly_processes(device)
-    logs = os.path.join(root, "logs")
+    device, root, logs = start_run(args.output, args.device)
     if args.smoke:
         args.lits, args.msd = _synthetic_lits_download(root, logs), None
         args.folds, args.schedule = ["0"], "smoke"

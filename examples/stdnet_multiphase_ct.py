@@ -20,12 +20,11 @@ import sys
 
 from nnunet_ext.workflows import (
     benchmark_methods,
-    cpu_friendly_processes,
     plan_vanilla_and_stdnet,
     quiet,
     stage,
+    start_run,
     train_methods,
-    use_workspace,
 )
 
 
@@ -43,16 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
 
-    import torch
-
     from nnunet_ext.conversion.dicom_multiphase import convert_dicom_multiphase
     from nnunet_ext.inference.predict import predict
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    root = os.path.abspath(args.output)
-    use_workspace(root)
-    cpu_friendly_processes(device)
-    logs = os.path.join(root, "logs")
+    device, root, logs = start_run(args.output, args.device)
     if args.smoke:
         args.dicom_root, args.manifest = _synthetic_dicom_study(root, logs)
         args.folds, args.schedule, args.classes = ["0"], "smoke", None

@@ -22,12 +22,11 @@ import sys
 
 from nnunet_ext.workflows import (
     benchmark_methods,
-    cpu_friendly_processes,
     plan_vanilla_and_stdnet,
     quiet,
     stage,
+    start_run,
     train_methods,
-    use_workspace,
 )
 
 DATASET_ID = 510
@@ -55,14 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.n_cases, args.shape, args.schedule, args.folds = 10, [16, 32, 32], "smoke", ["0"]
 
-    import torch
-
     from nnunet_ext.conversion.synthetic_liver import convert_synthetic_liver
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    use_workspace(args.output)
-    cpu_friendly_processes(device)
-    logs = os.path.join(os.path.abspath(args.output), "logs")
+    device, root, logs = start_run(args.output, args.device)
     name = f"Dataset{DATASET_ID}_SyntheticLiverMisaligned"
 
     stage(f"synthetic multiphase liver CT: {args.n_cases} cases of {'x'.join(map(str, args.shape))}, misalignment "
@@ -77,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_methods(name, todo, args.folds, device, logs)
     stage("benchmark")
     command = "python examples/synthetic_comparison.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    res = benchmark_methods(DATASET_ID, todo, args.folds, device, os.path.join(os.path.abspath(args.output), "report"),
+    res = benchmark_methods(DATASET_ID, todo, args.folds, device, os.path.join(root, "report"),
                             command, full_model=f"STDNetTrainer_{args.schedule}",
                             log_path=os.path.join(logs, "benchmark.log"), efficiency=not args.smoke)
     print(f"report: {os.path.join(res.output_folder, 'report.md')}")

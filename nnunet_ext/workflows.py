@@ -113,3 +113,15 @@ def benchmark_methods(dataset_id: int, methods, folds, device: str, output_folde
         return run_benchmark(dataset_id, [t if p == "nnUNetPlans" else f"{t}:{p}" for t, p in methods[1:]],
                              reference=methods[0][0], folds=list(folds), device=device, full_model=full_model,
                              output_folder=output_folder, efficiency=efficiency, command=command)
+
+
+def start_run(output: str, device: str | None = None) -> tuple[str, str, str]:
+    """Resolve the device (CUDA when available), make ``output`` the nnU-Net workspace and set CPU-friendly process
+    counts. Returns ``(device, absolute output folder, log folder)``."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    root = os.path.abspath(output)
+    use_workspace(root)
+    cpu_friendly_processes(device)
+    return device, root, os.path.join(root, "logs")
