@@ -173,3 +173,16 @@ def test_no_single_phase_separates_the_classes(seed):
     assert all_phases >= 0.8
     assert max(single) <= 0.75
     assert max(single) <= all_phases - 0.15
+
+
+def test_nnunet_plans_and_preprocesses_it_unchanged(liver_dataset):
+    """The generated raw dataset goes through nnU-Net's fingerprint, planning and preprocessing as it is."""
+    import os
+
+    from nnunet_ext.planners.api import plan_and_preprocess
+
+    dataset_id = int(os.path.basename(liver_dataset)[7:10])
+    plan_and_preprocess(dataset_id, "ExperimentPlanner", ("3d_fullres",), num_processes=1)
+    data = os.path.join(os.environ["nnUNet_preprocessed"], os.path.basename(liver_dataset), "nnUNetPlans_3d_fullres")
+    n_cases = len(os.listdir(os.path.join(liver_dataset, "labelsTr")))
+    assert len([f for f in os.listdir(data) if f.endswith(".pkl")]) == n_cases

@@ -134,3 +134,16 @@ def test_no_single_sequence_separates_the_classes(seed):
     assert all_sequences >= 0.78
     assert max(single) <= 0.68
     assert max(single) <= all_sequences - 0.18
+
+
+def test_nnunet_plans_and_preprocesses_it_unchanged(mri_dataset):
+    """The generated raw dataset goes through nnU-Net's fingerprint, planning and preprocessing as it is."""
+    import os
+
+    from nnunet_ext.planners.api import plan_and_preprocess
+
+    dataset_id = int(os.path.basename(mri_dataset)[7:10])
+    plan_and_preprocess(dataset_id, "ExperimentPlanner", ("3d_fullres",), num_processes=1)
+    data = os.path.join(os.environ["nnUNet_preprocessed"], os.path.basename(mri_dataset), "nnUNetPlans_3d_fullres")
+    n_cases = len(os.listdir(os.path.join(mri_dataset, "labelsTr")))
+    assert len([f for f in os.listdir(data) if f.endswith(".pkl")]) == n_cases
