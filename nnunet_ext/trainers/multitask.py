@@ -13,7 +13,10 @@ The trainer overrides nnU-Net hooks; it never copies nnU-Net's training loop:
 * **Logging.** Per epoch: train classification loss; validation classification loss, accuracy and macro
   one-vs-rest AUC (on labeled patches that contain lesion), in the log and in ``progress_classification.png``.
 * **Final validation** additionally writes ``validation/classification.csv`` (per-case probabilities) and
-  ``validation/summary_classification.json`` beside nnU-Net's ``summary.json``.
+  ``validation/summary_classification.json`` beside nnU-Net's ``summary.json``. The case-level class comes from a
+  second sliding-window pass over each validation case with :class:`ClassifyingPredictor` (the same aggregation as
+  ``nnunet-ext predict``), because nnU-Net's ``perform_actual_validation`` keeps its predictor to itself; this
+  doubles the (one-off) validation inference time.
 * **Checkpoints** are written atomically (temporary file + rename) every ``save_every`` epochs (default 1), so
   ``--c`` resumes from the last complete epoch with every head, the optimizer and the logs.
 * **DDP** also works on CPU with the gloo backend (tests), where stock nnU-Net assumes CUDA.
