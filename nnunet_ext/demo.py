@@ -21,7 +21,15 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from nnunet_ext.workflows import cpu_friendly_processes, model_folder, quiet, stage, train_if_needed, use_workspace
+from nnunet_ext.workflows import (
+    cpu_friendly_processes,
+    model_folder,
+    quiet,
+    stage,
+    stdnet_planner_for,
+    train_if_needed,
+    use_workspace,
+)
 
 TRAIN_ID, TEST_ID = 500, 501
 TRAIN_NAME = f"Dataset{TRAIN_ID}_SyntheticLiver"
@@ -30,7 +38,7 @@ TRAIN_NAME = f"Dataset{TRAIN_ID}_SyntheticLiver"
 def trainers(device: str) -> tuple[tuple[str, str], ...]:
     """(trainer, plans) of the demo. On a CPU STD-Net uses ``STDNetPlansCPU`` (reduced temporal modeler, D=64, L=2);
     on a GPU the paper's ``STDNetPlans`` (D=768, L=6, h=8)."""
-    stdnet_plans = "STDNetPlansCPU" if device == "cpu" else "STDNetPlans"
+    stdnet_plans = stdnet_planner_for(device)[1]
     return (("nnUNetTrainer_demo", "nnUNetPlans"), ("EarlyFusionTrainer_demo", "nnUNetPlans"),
             ("STDNetTrainer_demo", stdnet_plans))
 
@@ -70,11 +78,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         test_folder = convert_synthetic_liver(TEST_ID, n_cases=cfg.n_test, shape=cfg.shape, seed=cfg.seed + 1000,
                                               name="SyntheticLiverTest")
 
-    stage("2/6 plan and preprocess: vanilla nnU-Net plans, then STDNetPlanner (reuses the vanilla data)")
+    planner = stdnet_planner_for(cfg.device)[0]
+    stage(f"2/6 plan and preprocess: vanilla nnU-Net plans, then {planner} (reuses the vanilla data)")
     with quiet(os.path.join(logs, "plan.log")):
         plan_and_preprocess(TRAIN_ID, "ExperimentPlanner", ("3d_fullres",), num_processes=2)
-        plan_and_preprocess(TRAIN_ID, "STDNetPlannerCPU" if cfg.device == "cpu" else "STDNetPlanner", ("3d_fullres",),
-                            num_processes=2)
+        plan_and_preprocess(TRAIN_ID, planner, ("3d_fullres",), num_processes=2)
 
     methods = trainers(cfg.device)
     stage(f"3/6 train fold 0 on the short demo schedule ({cfg.device}): " + ", ".join(t for t, _ in methods))
