@@ -30,7 +30,8 @@ def make_tiny_multiphase_dataset(raw_root: str, dataset_id: int = 901, n_cases: 
                                  phases: tuple[str, ...] = DEFAULT_PHASES, seed: int = 0,
                                  with_text: bool = True, with_tabular: bool = True,
                                  n_unlabeled: int = 0, name: str = "TinyMultiphase",
-                                 spacing: tuple[float, float, float] = (2.0, 1.5, 1.5)) -> str:
+                                 spacing: tuple[float, float, float] = (2.0, 1.5, 1.5),
+                                 file_ending: str = ".nii.gz") -> str:
     """Write a raw nnU-Net v2 dataset ``Dataset{id}_{name}`` under ``raw_root``; returns its folder.
 
     Class labels cycle through :data:`CLASS_NAMES` so every class is present; the last ``n_unlabeled`` cases are
@@ -58,10 +59,10 @@ def make_tiny_multiphase_dataset(raw_root: str, dataset_id: int = 901, n_cases: 
             img[lesion] += curves[cls, p] + rng.normal(0, 5.0)
             itk = sitk.GetImageFromArray(img.astype(np.float32))
             itk.SetSpacing(spacing[::-1])
-            sitk.WriteImage(itk, os.path.join(folder, "imagesTr", f"{case}_{p:04d}.nii.gz"))
+            sitk.WriteImage(itk, os.path.join(folder, "imagesTr", f"{case}_{p:04d}{file_ending}"))
         lab = sitk.GetImageFromArray(seg)
         lab.SetSpacing(spacing[::-1])
-        sitk.WriteImage(lab, os.path.join(folder, "labelsTr", f"{case}.nii.gz"))
+        sitk.WriteImage(lab, os.path.join(folder, "labelsTr", f"{case}{file_ending}"))
         entry: dict = {"class": CLASS_NAMES[cls] if i < n_cases - n_unlabeled else None}
         if with_text:
             entry["text"] = f"a {2 * lr * spacing[1]:.0f} mm {CLASS_NAMES[cls]} lesion in the liver"
@@ -79,7 +80,7 @@ def make_tiny_multiphase_dataset(raw_root: str, dataset_id: int = 901, n_cases: 
         "channel_names": {str(p): "CT" for p in range(len(phases))},
         "labels": {"background": 0, "liver": 1, "lesion": 2},
         "numTraining": n_cases,
-        "file_ending": ".nii.gz",
+        "file_ending": file_ending,
         "name": name,
         METADATA_KEY: block,
     }

@@ -42,8 +42,8 @@ def write_stratified_splits_if_missing(preprocessed_dataset_folder: str, case_id
     An existing split file is never touched. Returns the path written, or ``None`` when nothing was written.
     """
     path = os.path.join(preprocessed_dataset_folder, SPLITS_FILE)
-    if os.path.isfile(path) or metadata is None or not metadata.has_classification:
-        return None
+    if os.path.isfile(path) or metadata is None or not metadata.has_classification or len(case_ids) < n_splits:
+        return None  # fewer cases than folds: nothing to stratify (train fold "all", as nnU-Net requires)
     if not any(c != UNLABELED for c in metadata.class_targets(case_ids)):
         return None
     save_json_atomic(stratified_splits(case_ids, metadata, n_splits), path)

@@ -10,7 +10,29 @@ import os
 
 from nnunet_ext.data.metadata import raw_case_ids, validate_raw_dataset
 from nnunet_ext.data.splits import write_stratified_splits_if_missing
+from nnunet_ext.errors import NnunetExtError
 from nnunet_ext.planners import find_planner
+
+
+class DataError(NnunetExtError, ValueError):
+    """Image or label content nnU-Net cannot use (e.g. NaN); the message names the files and the fix."""
+
+
+def nonfinite_files(raw_folder: str) -> list[str]:
+    """Training images and labels of a raw dataset that contain NaN or infinite values (relative paths)."""
+    import numpy as np
+    import SimpleITK as sitk
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    from nnunet_ext.data.metadata import load_dataset_json
+
+    dj = load_dataset_json(os.path.join(raw_folder, "dataset.json"))
+    bad = []
+    for case in get_filenames_of_train_images_and_targets(raw_folder, dj).values():
+        for f in [*case["images"], case["label"]]:
+            if not np.isfinite(sitk.GetArrayViewFromImage(sitk.ReadImage(f))).all():
+                bad.append(os.path.relpath(f, raw_folder))
+    return bad
 
 
 def _data_folder_complete(folder: str, case_ids: list[str]) -> bool:
@@ -47,8 +69,16 @@ def plan_and_preprocess(dataset_id: int, planner: str = "ExperimentPlanner",
     metadata = validate_raw_dataset(raw_folder)
     case_ids = raw_case_ids(raw_folder)
 
-    extract_fingerprint_dataset(dataset_id, check_dataset_integrity=verify_dataset_integrity, clean=clean,
-                                num_processes=num_processes, verbose=verbose)
+    try:
+        extract_fingerprint_dataset(dataset_id, check_dataset_integrity=verify_dataset_integrity, clean=clean,
+                                    num_processes=num_processes, verbose=verbose)
+    except AssertionError as e:  # nnU-Net asserts "... contains NaN values" without saying which case
+        if "nan" not in str(e).lower():
+            raise
+        bad = nonfinite_files(raw_folder)
+        raise DataError(f"{len(bad)} file(s) of {dataset_name} contain NaN or infinite values: "
+                        f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. Fix: replace them (e.g. with the "
+                        "image minimum, or 0 in a label map) and re-run.") from None
     planner_cls = find_planner(planner)
     # nnU-Net's VRAM estimate calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0 (in-process DA)
     saved = os.environ.get("nnUNet_n_proc_DA")

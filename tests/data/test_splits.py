@@ -47,3 +47,9 @@ def test_no_labels_no_split(tmp_path):
     ids, _ = _metadata(10)
     assert write_stratified_splits_if_missing(str(tmp_path), ids, None) is None
     assert not (tmp_path / "splits_final.json").exists()
+
+
+def test_fewer_cases_than_folds_writes_nothing(tmp_path):
+    ids, md = _metadata(4, n_unlabeled=0)
+    assert write_stratified_splits_if_missing(str(tmp_path), ids, md) is None
+    assert not (tmp_path / "splits_final.json").exists()

@@ -97,3 +97,11 @@ def test_channel_count_mismatch_names_the_case(tiny_multiphase, tmp_path):
     (tmp_path / "stray.nii.gz").write_bytes(b"")
     with pytest.raises(InputError, match="stray.nii.gz"):
         check_input_folder(str(tmp_path), dj)
+
+
+def test_nan_input_names_the_case(predictor):
+    x = _volume(True)
+    x[1, 2, 3, 4] = float("nan")
+    predictor._current_case = "case_007"
+    with pytest.raises(InputError, match="case_007 contains NaN"):
+        predictor.predict_logits_from_preprocessed_data(x)
