@@ -74,6 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-volume", action="store_true", help="skip the 224^3 forward")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="", help="label copied into every record (e.g. the lever being measured)")
     return p.parse_args(argv)
 
 
@@ -213,7 +214,7 @@ def benchmark_network(name: str, args, cfg: dict, topology: dict, device: torch.
         net = net.to(memory_format=torch.channels_last_3d)
     use_heads = name == "stdnet"
     estimate = int(net.compute_conv_feature_map_size(cfg["patch"]))
-    rec = {"record": "network", "network": name, "class": type(net).__name__,
+    rec = {"record": "network", "tag": args.tag, "network": name, "class": type(net).__name__,
            "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3), "planner_estimate_units": estimate,
            "planner_predicted_gb": round(estimate * cfg["batch"] / NNUNET_REFERENCE_BATCH * NNUNET_REFERENCE_GB
                                          / NNUNET_REFERENCE_UNITS, 3)}
@@ -280,7 +281,7 @@ def _amp_dtype(args, device: torch.device) -> torch.dtype:
 
 
 def environment(args, device) -> dict:
-    env = {"record": "config", "torch": torch.__version__, "python": platform.python_version(),
+    env = {"record": "config", "tag": args.tag, "torch": torch.__version__, "python": platform.python_version(),
            "device": str(device), "tiny": args.tiny, "phases": args.phases, "compile": args.compile,
            "cuda_graphs": args.cuda_graphs, "dynamic": args.dynamic, "channels_last": args.channels_last,
            "amp_dtype": "bf16" if _amp_dtype(args, device) == torch.bfloat16 else "fp16",

@@ -3,6 +3,7 @@ multiphase liver CT with inter-phase misalignment, same schedule and folds for e
 
     python examples/synthetic_comparison.py -o runs/synthetic --n-cases 100 --folds 0 1 2 3 4 --schedule 50epochs
     python examples/synthetic_comparison.py --smoke          # CI: a few iterations, checks the plumbing
+    python examples/synthetic_comparison.py -o runs/gpu -device cuda --schedule gpu2500 --jobs 6   # one GPU, 6 at once
 
 Methods (trainer, plans): nnUNetTrainer (vanilla nnU-Net, segmentation only; the reference), EarlyFusionTrainer
 (nnU-Net + head: the "joint 4D CNN"), STDNetTrainer, STDNetTrainer_noTemporal, STDNetTrainer_noWeightSharing,
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--schedule", default="cpu240", help="trainer suffix: smoke, demo, cpu240, 50epochs, ...")
     p.add_argument("-device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="trainings run at once (one process each; useful on a GPU)")
     p.add_argument("--smoke", action="store_true", help="tiny data and the smoke schedule (CI)")
     args = p.parse_args(argv)
     if args.smoke:
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     stdnet_plans = plan_vanilla_and_stdnet(DATASET_ID, device, os.path.join(logs, "plan.log"))
     todo = methods(args.schedule, stdnet_plans)
     stage(f"train {len(todo)} methods x folds {args.folds} ({device}, schedule {args.schedule})")
-    train_methods(name, todo, args.folds, device, logs)
+    train_methods(name, todo, args.folds, device, logs, jobs=args.jobs)
     stage("benchmark")
     command = "python examples/synthetic_comparison.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     res = benchmark_methods(DATASET_ID, todo, args.folds, device, os.path.join(root, "report"),

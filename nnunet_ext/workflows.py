@@ -96,12 +96,64 @@ def plan_vanilla_and_stdnet(dataset_id: int, device: str, log_path: str | None =
     return plans
 
 
-def train_methods(dataset_name: str, methods, folds, device: str, logs: str, configuration: str = "3d_fullres"):
-    """``train_if_needed`` for every (trainer, plans) of ``methods`` and every fold; logs in ``logs/<trainer>.log``."""
-    for fold in folds:
-        for trainer, plans in methods:
-            train_if_needed(dataset_name, configuration, fold, trainer, plans, device,
-                            os.path.join(logs, f"{trainer}.log"))
+def train_methods(dataset_name: str, methods, folds, device: str, logs: str, configuration: str = "3d_fullres",
+                  jobs: int = 1):
+    """``train_if_needed`` for every (trainer, plans) of ``methods`` and every fold; logs in ``logs/<trainer>.log``.
+
+    ``jobs > 1`` runs up to ``jobs`` trainings at once, each as its own ``nnunet-ext train`` process (what one would
+    otherwise start by hand in several terminals): worth it on a GPU whose utilisation one small-patch training
+    leaves low. Each process gets ``nnUNet_n_proc_DA`` = (cores - jobs) // jobs augmentation workers unless the
+    variable is set. A failed job fails the call, naming its log, after the others have finished."""
+    if jobs <= 1:
+        for fold in folds:
+            for trainer, plans in methods:
+                train_if_needed(dataset_name, configuration, fold, trainer, plans, device,
+                                os.path.join(logs, f"{trainer}.log"))
+        return
+    _train_parallel(dataset_name, [(t, p, f) for f in folds for t, p in methods], device, logs, configuration, jobs)
+
+
+def _train_parallel(dataset_name: str, todo, device: str, logs: str, configuration: str, jobs: int) -> None:
+    import subprocess
+    import time
+
+    from nnunet_ext.errors import NnunetExtError
+
+    env = dict(os.environ)
+    env.setdefault("nnUNet_n_proc_DA", str(max(1, ((os.cpu_count() or 1) - jobs) // jobs)))
+    os.makedirs(logs, exist_ok=True)
+    pending, running, failed = list(todo), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            trainer, plans, fold = pending.pop(0)
+            folder = os.path.join(model_folder(dataset_name, trainer, plans, configuration), f"fold_{fold}")
+            if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
+                print(f"    {trainer} fold {fold}: already trained ({folder})", file=sys.stderr)
+                continue
+            resume = os.path.isfile(os.path.join(folder, "checkpoint_latest.pth"))
+            log = os.path.join(logs, f"{trainer}_fold{fold}.log")
+            cmd = [sys.executable, "-m", "nnunet_ext.cli", "train", dataset_name, configuration, str(fold),
+                   "-tr", trainer, "-p", plans, "-device", device] + (["--c"] if resume else [])
+            print(f"    start {trainer} ({plans}) fold {fold}{' (resuming)' if resume else ''}: log {log}",
+                  file=sys.stderr, flush=True)
+            f = open(log, "a", encoding="utf-8")
+            running.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), f, trainer, fold,
+                            log, time.time()))
+        time.sleep(2)
+        for job in list(running):
+            proc, f, trainer, fold, log, t0 = job
+            if proc.poll() is None:
+                continue
+            running.remove(job)
+            f.close()
+            ok = proc.returncode == 0
+            print(f"    {'done' if ok else 'FAILED'} {trainer} fold {fold} after {time.time() - t0:.0f} s"
+                  + ("" if ok else f" (exit {proc.returncode}; see {log})"), file=sys.stderr, flush=True)
+            if not ok:
+                failed.append(f"{trainer} fold {fold} ({log})")
+    if failed:
+        raise NnunetExtError(f"training failed: {'; '.join(failed)}. Fix the cause shown in the log and rerun: "
+                             "finished folds are skipped and interrupted ones continue from their checkpoint.")
 
 
 def benchmark_methods(dataset_id: int, methods, folds, device: str, output_folder: str, command: str,

@@ -19,6 +19,7 @@ class Schedule:
     val_iterations_per_epoch: int = 50
     mirroring: bool = True  # test-time mirroring in the final validation and in inference
     progress_bar: bool = False  # a tqdm bar over each epoch's iterations (nnU-Net itself prints per epoch only)
+    save_every: int | None = None  # checkpoint interval in epochs (None: the trainer's own; multi-task trainers: 1)
 
 
 SCHEDULES: dict[str, Schedule] = {
@@ -26,6 +27,8 @@ SCHEDULES: dict[str, Schedule] = {
     "smoke3": Schedule(3, 4, 1, mirroring=False),      # CI: three short epochs (kill-and-resume tests)
     "demo": Schedule(4, 12, 4, mirroring=False, progress_bar=True),  # `make demo` on a 2-core CPU
     "cpu240": Schedule(12, 20, 5, mirroring=False, progress_bar=True),  # CPU comparisons: 240 iterations
+    # short GPU comparisons: 2500 iterations; checkpoints every 10 epochs (paper-size STD-Net checkpoints are ~0.5 GB)
+    "gpu2500": Schedule(50, 50, 5, save_every=10),
     "1epoch": Schedule(1),
     "5epochs": Schedule(5),
     "10epochs": Schedule(10),
@@ -46,6 +49,8 @@ def with_schedule(base: type, schedule_name: str) -> type:
         self.num_epochs = sched.num_epochs
         self.num_iterations_per_epoch = sched.iterations_per_epoch
         self.num_val_iterations_per_epoch = sched.val_iterations_per_epoch
+        if sched.save_every is not None:
+            self.save_every = sched.save_every
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         out = base.configure_rotation_dummyDA_mirroring_and_inital_patch_size(self)

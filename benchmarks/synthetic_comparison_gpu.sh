@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The synthetic multiphase comparison of benchmarks/RESULTS.md on one GPU: vanilla nnU-Net, early fusion + head,
+# STD-Net and its three ablations, 100 synthetic cases of 32x48x48 with inter-phase misalignment (up to 3 mm / 3 deg),
+# fold 0, schedule gpu2500 (50 epochs x 50 iterations) for every method, six trainings at once, then the benchmark.
+# From the repository root on the GPU machine:
+#   bash benchmarks/synthetic_comparison_gpu.sh WORKSPACE [COPY_TO]
+# COPY_TO (optional) receives the report, the logs and the results folders without checkpoints, every 30 s during
+# the run and at the end (for a machine whose workspace is not kept).
+set -uo pipefail
+work=${1:-runs/synthetic_gpu}
+copy_to=${2:-}
+export nnUNet_compile=${nnUNet_compile:-f}   # same eager set-up for every method (six compilations would cost minutes)
+snapshot() {
+  [ -n "$copy_to" ] || return 0
+  mkdir -p "$copy_to"
+  (cd "$work" && tar cf - --exclude='*.pth' --exclude='*.npz' --exclude='*.pkl' logs report nnUNet_results 2>/dev/null) \
+    | (cd "$copy_to" && tar xf - 2>/dev/null) || true
+}
+if [ -n "$copy_to" ]; then (while sleep 30; do snapshot; done) & copier=$!; fi
+# COMPARISON_TIMEOUT (seconds, 0 = none) stops the run, keeping what is finished (rerunning resumes it)
+timeout "${COMPARISON_TIMEOUT:-0}" python3 examples/synthetic_comparison.py -o "$work" -device cuda --n-cases 100 \
+  --folds 0 --schedule gpu2500 --jobs 6
+status=$?
+[ -n "$copy_to" ] && kill "$copier" 2>/dev/null
+snapshot
+exit $status
