@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&
 run() {
   local tag=$1; shift
   echo "=== $tag: $*" >&2
-  timeout "$cap" python benchmarks/stdnet_gpu.py --out "$out" --tag "$tag" "$@" > /dev/null || echo "=== $tag failed (exit $?)" >&2
+  timeout "$cap" python3 benchmarks/stdnet_gpu.py --out "$out" --tag "$tag" "$@" > /dev/null || echo "=== $tag failed (exit $?)" >&2
 }
 run default                                          # the set-up: fp16 autocast, SGD, torch.compile, 224^3 fwd
 run eager --no-compile --skip-volume                 # what torch.compile buys
