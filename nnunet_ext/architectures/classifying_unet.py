@@ -12,7 +12,7 @@ import pydoc
 import torch
 from torch import nn
 
-from nnunet_ext.architectures.blocks.heads import ClassificationHead, global_average_pool
+from nnunet_ext.architectures.blocks.heads import ClassificationHead, lesion_weighted_pool
 
 
 class ClassifyingUNet(nn.Module):
@@ -25,6 +25,9 @@ class ClassifyingUNet(nn.Module):
         num_cls_classes: case-level classes; 0 builds no head.
         cls_hidden, cls_dropout: head MLP.
         num_tabular: tabular features concatenated to the pooled bottleneck (0: none).
+        cls_pool_channels: segmentation channels of the lesion labels: the bottleneck is pooled weighted by their
+            predicted probability (:func:`~nnunet_ext.architectures.blocks.heads.lesion_weighted_pool`); None:
+            global average pooling.
         deep_supervision: nnU-Net's deep supervision switch.
         **unet_kwargs: the plans' ``arch_kwargs`` (ops already resolved to classes).
 
@@ -34,7 +37,7 @@ class ClassifyingUNet(nn.Module):
 
     def __init__(self, input_channels: int, num_classes: int, unet_class_name: str, num_cls_classes: int,
                  cls_hidden: int = 512, cls_dropout: float = 0.3, num_tabular: int = 0,
-                 deep_supervision: bool = True, **unet_kwargs):
+                 deep_supervision: bool = True, cls_pool_channels: list[int] | None = None, **unet_kwargs):
         super().__init__()
         unet_cls = pydoc.locate(unet_class_name)
         if unet_cls is None:
@@ -43,6 +46,7 @@ class ClassifyingUNet(nn.Module):
                         **unet_kwargs)
         self._unet_initialize = getattr(unet_cls, "initialize", None)
         self.encoder = unet.encoder
+        self.cls_pool_channels = list(cls_pool_channels) if cls_pool_channels else None
         self.decoder = unet.decoder
         bottleneck = self.encoder.output_channels[-1]
         self.cls_head = ClassificationHead(bottleneck, num_cls_classes, cls_hidden, cls_dropout, num_tabular) \
@@ -53,7 +57,9 @@ class ClassifyingUNet(nn.Module):
         seg = self.decoder(skips)
         if not return_heads:
             return seg
-        cls = self.cls_head(global_average_pool(skips[-1]), tabular) if self.cls_head is not None else None
+        cls = None
+        if self.cls_head is not None:
+            cls = self.cls_head(lesion_weighted_pool(skips[-1], seg, self.cls_pool_channels), tabular)
         return {"seg": seg, "cls": cls, "aux_losses": {}}
 
     def compute_conv_feature_map_size(self, input_size) -> int:

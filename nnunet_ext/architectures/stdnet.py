@@ -16,7 +16,7 @@ dynamic-network-architectures, topology from the nnU-Net plans.
            | (or skip fusion)       [CLS; F_1..F_N] + E_pos   (B*L_b, N+1, D)
            |                        Transformer x L (pre-norm MHSA + FFN(ReLU))
            |                           |                        |
-           |                   token of reference phase        CLS, mean over locations (B, D)
+           |                   token of reference phase        CLS, pooled over locations (B, D)
            |                   Linear D->C_b (zero init)        |
            |                   + F_ref  (residual)              ClassificationHead (512, dropout 0.3)
            v                           v                        v
@@ -34,7 +34,10 @@ attention: linear in volume); pre-norm; linear projections between the encoder w
 ``F_ref + proj_out(z_ref)`` with ``proj_out`` zero-initialised, so at initialisation STD-Net is exactly an nnU-Net
 U-Net on the reference phase and the temporal modeler is learned as a residual; skips come from the reference phase
 (``skip_fusion="none"``, the paper's design and the cheapest; ``"weights"`` and ``"attention"`` add a light
-temporal fusion per level, see :mod:`~nnunet_ext.architectures.blocks.phase_fusion`).
+temporal fusion per level, see :mod:`~nnunet_ext.architectures.blocks.phase_fusion`). The paper classifies
+lesion-centred inputs; nnU-Net patches hold a whole organ, so when the metadata names lesion labels
+(``cls_pool_channels``) the CLS tokens are pooled over locations weighted by the network's own (detached) lesion
+probability, see :func:`~nnunet_ext.architectures.blocks.heads.lesion_weighted_pool`; otherwise by their mean.
 
 Ablations (constructor arguments): ``temporal="mean"`` (no temporal modeler: parameter-free mean over phases at the
 bottleneck for both decoder and head: invariant to any phase permutation), ``temporal="convgru"``
@@ -57,7 +60,7 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 
 from nnunet_ext.architectures.blocks.conv_gru import ConvGRU, ConvGRUCell
-from nnunet_ext.architectures.blocks.heads import ClassificationHead
+from nnunet_ext.architectures.blocks.heads import ClassificationHead, lesion_weighted_pool
 from nnunet_ext.architectures.blocks.phase_fusion import PhaseWeighting, ReferencePhaseAttention
 from nnunet_ext.architectures.blocks.temporal_transformer import TemporalTransformer
 
@@ -93,6 +96,9 @@ class STDNet(nn.Module):
         share_weights: one encoder for all phases (paper) or one per phase (ablation).
         convgru_hidden: ConvGRU hidden width (None: bottleneck width).
         cls_hidden, cls_dropout, num_tabular: characterisation head (paper: 512, 0.3, no tabular input).
+        cls_pool_channels: segmentation channels of the lesion labels. The head's CLS tokens are then aggregated
+            over bottleneck locations weighted by the predicted lesion probability
+            (:func:`~nnunet_ext.architectures.blocks.heads.lesion_weighted_pool`); None: the mean over locations.
 
     ``forward(x)``: x (B, N*c, Z, Y, X) (or 2D) -> logits (B, num_classes, Z, Y, X), a list under deep supervision.
     ``forward(x, return_heads=True[, return_attention=True][, tabular=(B, T)])`` -> dict with ``seg``, ``cls``
@@ -111,7 +117,7 @@ class STDNet(nn.Module):
                  temporal_dim: int = 768, temporal_mlp_ratio: float = 4.0, temporal_dropout: float = 0.0,
                  temporal_norm_first: bool = True, skip_fusion: str = "none", share_weights: bool = True,
                  convgru_hidden: int | None = None, cls_hidden: int = 512, cls_dropout: float = 0.3,
-                 num_tabular: int = 0, nonlin_first: bool = False):
+                 num_tabular: int = 0, nonlin_first: bool = False, cls_pool_channels: list[int] | None = None):
         super().__init__()
         n = input_channels if num_phases is None else int(num_phases)
         if n < 1 or input_channels % n:
@@ -128,6 +134,7 @@ class STDNet(nn.Module):
             raise ValueError(f"encoder={encoder!r}; choose one of {ENCODERS}")
         self.num_phases, self.channels_per_phase, self.reference_phase = n, input_channels // n, ref
         self.temporal_kind, self.share_weights, self.encoder_kind = temporal, share_weights, encoder
+        self.cls_pool_channels = list(cls_pool_channels) if cls_pool_channels else None
 
         common = dict(n_stages=n_stages, features_per_stage=features_per_stage, conv_op=conv_op,
                       kernel_sizes=kernel_sizes, strides=strides, conv_bias=conv_bias, norm_op=norm_op,
@@ -180,22 +187,23 @@ class STDNet(nn.Module):
         return [torch.stack(level, dim=1) for level in zip(*per_phase)]
 
     def _temporal_context(self, f: torch.Tensor, return_attention: bool = False):
-        """Bottleneck f (B, N, C_b, *S_b) -> decoder input (B, C_b, *S_b), head features (B, F), and with
+        """Bottleneck f (B, N, C_b, *S_b) -> decoder input (B, C_b, *S_b), head features per location (B, F, *S_b)
+        (CLS tokens, the fused mean or the ConvGRU state), and with
         ``return_attention`` a list (one per layer) of (B, L_b, h, N+1, N+1) attention weights (else None)."""
         b, n, c = f.shape[:3]
         spatial = f.shape[3:]
         ref = f[:, self.reference_phase]
         if self.temporal_kind == "mean":
             ctx = f.mean(1)
-            return ctx, ctx.flatten(2).mean(-1), None
+            return ctx, ctx, None
         if self.temporal_kind == "convgru":
             h = self.temporal(f)
-            return ref + self.temporal_out(h), h.flatten(2).mean(-1), None
+            return ref + self.temporal_out(h), h, None
         tokens = f.flatten(3).permute(0, 3, 1, 2).reshape(-1, n, c)  # (B*L_b, N, C_b)
         locations = tokens.shape[0] // b
         out = self.temporal(tokens, return_attention)
         z, weights = out if return_attention else (out, None)
-        cls_feat = z[:, 0].unflatten(0, (b, locations)).mean(1)
+        cls_feat = z[:, 0].unflatten(0, (b, locations)).transpose(1, 2).reshape(b, -1, *spatial)
         delta = self.temporal_out(z[:, 1 + self.reference_phase]).unflatten(0, (b, locations))
         ctx = ref + delta.transpose(1, 2).reshape(b, c, *spatial)
         if weights is not None:
@@ -214,7 +222,9 @@ class STDNet(nn.Module):
         seg = self.decoder(self._reference_skips(feats[:-1]) + [ctx])
         if not return_heads:
             return seg
-        cls = self.cls_head(cls_feat, tabular) if self.cls_head is not None else None
+        cls = None
+        if self.cls_head is not None:
+            cls = self.cls_head(lesion_weighted_pool(cls_feat, seg, self.cls_pool_channels), tabular)
         out = {"seg": seg, "cls": cls, "aux_losses": {}}
         if return_attention:
             out["attention"] = weights[-1] if weights else None

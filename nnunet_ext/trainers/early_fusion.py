@@ -9,6 +9,7 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_ext.architectures.base import head_settings, resolved_arch_kwargs
+from nnunet_ext.architectures.blocks.heads import lesion_pool_channels
 from nnunet_ext.architectures.classifying_unet import ClassifyingUNet
 from nnunet_ext.trainers.multitask import MultiTaskTrainer
 
@@ -24,6 +25,8 @@ class EarlyFusionTrainer(MultiTaskTrainer):
         net = ClassifyingUNet(num_input_channels, num_output_channels,
                               unet_class_name=configuration_manager.network_arch_class_name,
                               num_cls_classes=settings["num_cls_classes"],
+                              cls_pool_channels=lesion_pool_channels(settings.get("lesion_labels"),
+                                                                     num_output_channels),
                               deep_supervision=enable_deep_supervision,
                               **resolved_arch_kwargs(configuration_manager))
         net.apply(net.initialize)

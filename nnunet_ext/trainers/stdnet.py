@@ -29,6 +29,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunet_ext.architectures.base import head_settings, resolved_arch_kwargs
+from nnunet_ext.architectures.blocks.heads import lesion_pool_channels
 from nnunet_ext.architectures.stdnet import STDNet
 from nnunet_ext.trainers.multitask import MultiTaskTrainer
 
@@ -47,7 +48,8 @@ def build_stdnet(plans_manager: PlansManager, configuration_manager: Configurati
         kwargs = {**kwargs, "encoder": "residual" if "n_blocks_per_stage" in kwargs else "plain",
                   **PAPER_TEMPORAL_SETTINGS}
     kwargs.update(num_cls_classes=settings["num_cls_classes"], num_phases=settings["num_phases"],
-                  reference_phase=settings["reference_phase_index"], deep_supervision=enable_deep_supervision)
+                  reference_phase=settings["reference_phase_index"], deep_supervision=enable_deep_supervision,
+                  cls_pool_channels=lesion_pool_channels(settings.get("lesion_labels"), num_output_channels))
     kwargs.update(overrides)
     net = STDNet(num_input_channels, num_output_channels, **kwargs)
     net.apply(net.initialize)

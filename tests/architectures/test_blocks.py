@@ -123,3 +123,27 @@ def test_phase_weighting_matches_explicit_formula():
     w = fuse.weight.view(1, 3, 4, 1, 1)
     expected = feats[:, 0] + (w * (feats - feats[:, :1])).sum(1)
     torch.testing.assert_close(fuse(feats), expected)
+
+
+def test_lesion_weighted_pool_focuses_on_predicted_lesion_and_falls_back_to_mean():
+    import torch
+
+    from nnunet_ext.architectures.blocks.heads import global_average_pool, lesion_pool_channels, lesion_weighted_pool
+
+    torch.manual_seed(0)
+    feats = torch.randn(2, 5, 2, 4, 4)
+    seg = torch.full((2, 3, 8, 16, 16), -20.0)
+    seg[:, 0] = 20.0  # background everywhere ...
+    seg[0, 2, :4, :4, :4] = 40.0  # ... except a lesion (channel 2) filling feature cell (0, 0, 0) of sample 0
+    pooled = lesion_weighted_pool(feats, [seg, seg[:, :, ::2, ::2, ::2]], [2])
+    floor_share = 31e-4 / (1 + 32e-4)  # the other 31 cells keep LESION_POOL_FLOOR each
+    expected0 = (1 - floor_share) * feats[0, :, 0, 0, 0] + floor_share * feats[0].flatten(1)[:, 1:].mean(-1)
+    torch.testing.assert_close(pooled[0], expected0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(pooled[1], global_average_pool(feats)[1])  # no lesion: the mean
+    torch.testing.assert_close(lesion_weighted_pool(feats, seg, None), global_average_pool(feats))
+    seg.requires_grad_(True)
+    feats.requires_grad_(True)
+    lesion_weighted_pool(feats, seg, [2]).sum().backward()
+    assert seg.grad is None and feats.grad is not None  # the weights are detached from the segmentation
+    assert lesion_pool_channels([2], 3) == [2] and lesion_pool_channels(None, 3) is None
+    assert lesion_pool_channels([5], 3) is None
