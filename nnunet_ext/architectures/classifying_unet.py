@@ -1,7 +1,8 @@
 """nnU-Net's default U-Net with a case-level classification head: the early-fusion ("joint 4D") baseline.
 
 All phases enter as input channels of one encoder (early fusion), exactly as vanilla nnU-Net treats a multi-channel
-dataset; the head global-average-pools the bottleneck and applies the same MLP as the STD-Net characterization head.
+dataset; the head pools the bottleneck (weighted by the predicted lesion probability when lesion labels are known,
+else uniformly, as STD-Net pools its CLS tokens) and applies the same MLP as the STD-Net characterization head.
 This is the "vanilla nnU-Net with a head" every classification result is compared against.
 """
 

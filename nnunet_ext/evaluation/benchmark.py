@@ -555,13 +555,16 @@ def write_outputs(res: BenchmarkResult) -> None:
     for name, (rows, fields) in benchmark_tables(res).items():
         files[name] = write_csv(os.path.join(out, name), rows, fields)
     methods = [m.name for m in res.methods]
+    label = plots.short_names(methods)
     index = {(r["method"], r["case"], r["structure"]): r for r in res.case_rows}
     for metric, fname in (("dice", "dice_violin.png"), ("hd95", "hd95_violin.png")):
-        panels = {s: {m: [index[(m, c, s)][metric] for c in res.cases] for m in methods} for s in res.structures}
+        panels = {s: {label[m]: [index[(m, c, s)][metric] for c in res.cases] for m in methods}
+                  for s in res.structures}
         files[fname] = plots.violins_by_method(panels, METRIC_LABELS[metric], os.path.join(out, fname),
                                                f"{METRIC_LABELS[metric]} per case ({len(res.cases)} cases)")
         lesion = res.lesion[0]
-        strata = {k: {m: [index[(m, c, lesion)][metric] for c in res.cases if res.strata[c] == k] for m in methods}
+        strata = {k: {label[m]: [index[(m, c, lesion)][metric] for c in res.cases if res.strata[c] == k]
+                      for m in methods}
                   for k in ("small", "large", "no lesion") if any(v == k for v in res.strata.values())}
         fname = f"{metric}_by_lesion_size.png"
         thr, unit = res.small_lesion
@@ -570,15 +573,17 @@ def write_outputs(res: BenchmarkResult) -> None:
             f"{lesion}: {METRIC_LABELS[metric]} by lesion volume (small < {thr:.4g} {UNIT_LABELS[unit]})")
     cls = res.classification
     if cls is not None:
-        aucs = {m: cls["results"][m]["summary"]["auc_per_class"] for m in cls["probs"]}
-        files["roc_curves.png"] = plots.roc_curves(cls["y"], cls["probs"], cls["class_names"],
-                                                   os.path.join(out, "roc_curves.png"),
-                                                   {m: list(a.values()) for m, a in aucs.items()})
+        aucs = {label[m]: list(cls["results"][m]["summary"]["auc_per_class"].values()) for m in cls["probs"]}
+        files["roc_curves.png"] = plots.roc_curves(cls["y"], {label[m]: p for m, p in cls["probs"].items()},
+                                                   cls["class_names"], os.path.join(out, "roc_curves.png"), aucs)
         files["confusion_matrices.png"] = plots.confusion_matrices(
-            {m: np.array(cls["results"][m]["summary"]["confusion_matrix"]) for m in cls["probs"]},
+            {label[m]: np.array(cls["results"][m]["summary"]["confusion_matrix"]) for m in cls["probs"]},
             cls["class_names"], os.path.join(out, "confusion_matrices.png"))
     if res.ablation is not None:
-        files["ablation.png"] = plots.ablation_bars(res.ablation["panels"], res.ablation["full_model"],
+        panels = {k: {label.get(m, m): v for m, v in by_method.items()} for k, by_method in
+                  res.ablation["panels"].items()}
+        files["ablation.png"] = plots.ablation_bars(panels, label.get(res.ablation["full_model"],
+                                                                      res.ablation["full_model"]),
                                                     os.path.join(out, "ablation.png"))
     path = os.path.join(out, "report.md")
     files["report.md"] = path

@@ -46,6 +46,13 @@ def _colors(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
+def short_names(methods: Sequence[str]) -> dict[str, str]:
+    """Plot labels: ``trainer:plans:configuration`` shortened to the trainer name where that stays unambiguous
+    (the tables keep the full names)."""
+    bare = {m: m.split(":", 1)[0] for m in methods}
+    return bare if len(set(bare.values())) == len(bare) else {m: m for m in methods}
+
+
 def _figure(n_panels: int, panel_w: float = 4.2, panel_h: float = 3.8, max_cols: int = 3):
     cols = min(max(n_panels, 1), max_cols)
     rows = int(np.ceil(max(n_panels, 1) / cols))
@@ -137,8 +144,9 @@ def roc_curves(y_true: Sequence[int], probs_by_method: Mapping[str, np.ndarray],
     from sklearn.metrics import roc_curve
 
     y = np.asarray(y_true, dtype=int)
-    fig, axes = _figure(len(class_names), 3.8, 3.8)
+    fig, axes = _figure(len(class_names), 4.2, 4.2)
     colors = _colors(len(probs_by_method))
+    shown = {}
     for c, (ax, name) in enumerate(zip(axes, class_names)):
         positive = y == c
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
@@ -146,8 +154,8 @@ def roc_curves(y_true: Sequence[int], probs_by_method: Mapping[str, np.ndarray],
             for col, (m, p) in zip(colors, probs_by_method.items()):
                 fpr, tpr, _ = roc_curve(positive, np.asarray(p)[:, c])
                 auc = aucs[m][c] if aucs is not None else float(np.trapezoid(tpr, fpr))
-                ax.plot(fpr, tpr, color=col, lw=1.5, label=f"{m} (AUC {auc:.3f})")
-            ax.legend(fontsize=7, loc="lower right", framealpha=0.8)
+                shown.setdefault(m, []).append(f"{name} {auc:.3f}")
+                ax.plot(fpr, tpr, color=col, lw=1.5)
         else:
             ax.text(0.5, 0.5, "not computable:\none class only", ha="center", va="center", fontsize=9)
         ax.set_title(f"{name} vs rest (n+={int(positive.sum())}, n-={int((~positive).sum())})", fontsize=9)
@@ -156,6 +164,12 @@ def roc_curves(y_true: Sequence[int], probs_by_method: Mapping[str, np.ndarray],
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.set_aspect("equal")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=col, lw=1.5, label=f"{m} (AUC {', '.join(shown[m])})")
+               for col, m in zip(colors, probs_by_method) if m in shown]
+    if handles:  # one legend for all panels, below them
+        fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=1, frameon=False)
     return _save(fig, path)
 
 

@@ -15,7 +15,7 @@ from nnunet_ext.trainers.multitask import MultiTaskTrainer
 
 
 class EarlyFusionTrainer(MultiTaskTrainer):
-    """``nnUNetTrainer`` + global-average-pooled bottleneck -> MLP(512, dropout 0.3) -> classes."""
+    """``nnUNetTrainer`` + lesion-weighted pooled bottleneck -> MLP(512, dropout 0.3) -> classes."""
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
