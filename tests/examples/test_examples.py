@@ -51,10 +51,16 @@ def test_single_phase_stdnet_smoke(tmp_path, isolated_env):
 
 
 def test_synthetic_comparison_smoke(tmp_path, isolated_env):
-    out = _load("synthetic_comparison").main(["--smoke", "-o", str(tmp_path), "-device", "cpu"])
+    """Also the parallel path (``--jobs``): each training is its own ``nnunet-ext train`` process."""
+    out = _load("synthetic_comparison").main(["--smoke", "-o", str(tmp_path), "-device", "cpu", "--jobs", "2"])
     res = out["benchmark"]
     assert len(res.methods) == 6 and res.ablation is not None
     assert os.path.isfile(os.path.join(res.output_folder, "ablation.png"))
+    logs = sorted(p.name for p in (tmp_path / "logs").glob("*_fold0.log"))
+    assert len(logs) == 6 and "STDNetTrainer_smoke_fold0.log" in logs  # one log per training process
+    for m in res.methods:  # every process finished its fold
+        assert (tmp_path / "nnUNet_results" / out["dataset"] / f"{m.trainer}__{m.plans}__3d_fullres" / "fold_0" /
+                "checkpoint_final.pth").is_file()
 
 
 def test_real_ct_liver_smoke(tmp_path, isolated_env):
