@@ -49,15 +49,22 @@ def train_if_needed(dataset_name: str, configuration: str, fold, trainer: str, p
     (a fold folder with a checkpoint) is continued (``--c``). Returns the fold folder."""
     from nnunet_ext.trainers.run import train
 
-    folder = os.path.join(model_folder(dataset_name, trainer, plans, configuration), f"fold_{fold}")
-    if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
-        print(f"    {trainer} fold {fold}: already trained ({folder})", file=sys.stderr)
+    folder, done, resume = _fold_state(dataset_name, trainer, plans, configuration, fold)
+    if done:
         return folder
-    resume = os.path.isfile(os.path.join(folder, "checkpoint_latest.pth"))
     print(f"    {trainer} ({plans}) fold {fold}{': resuming' if resume else ''}", file=sys.stderr, flush=True)
     with quiet(log_path):
         train(dataset_name, configuration, str(fold), trainer, plans, device=device, continue_training=resume)
     return folder
+
+
+def _fold_state(dataset_name: str, trainer: str, plans: str, configuration: str, fold) -> tuple[str, bool, bool]:
+    """(fold folder, finished: ``checkpoint_final.pth`` exists (said on stderr), interrupted: a latest checkpoint)."""
+    folder = os.path.join(model_folder(dataset_name, trainer, plans, configuration), f"fold_{fold}")
+    if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
+        print(f"    {trainer} fold {fold}: already trained ({folder})", file=sys.stderr)
+        return folder, True, False
+    return folder, False, os.path.isfile(os.path.join(folder, "checkpoint_latest.pth"))
 
 
 @contextlib.contextmanager
@@ -126,11 +133,9 @@ def _train_parallel(dataset_name: str, todo, device: str, logs: str, configurati
     while pending or running:
         while pending and len(running) < jobs:
             trainer, plans, fold = pending.pop(0)
-            folder = os.path.join(model_folder(dataset_name, trainer, plans, configuration), f"fold_{fold}")
-            if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
-                print(f"    {trainer} fold {fold}: already trained ({folder})", file=sys.stderr)
+            _, done, resume = _fold_state(dataset_name, trainer, plans, configuration, fold)
+            if done:
                 continue
-            resume = os.path.isfile(os.path.join(folder, "checkpoint_latest.pth"))
             log = os.path.join(logs, f"{trainer}_fold{fold}.log")
             cmd = [sys.executable, "-m", "nnunet_ext.cli", "train", dataset_name, configuration, str(fold),
                    "-tr", trainer, "-p", plans, "-device", device] + (["--c"] if resume else [])
