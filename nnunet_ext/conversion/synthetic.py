@@ -276,14 +276,24 @@ def _mri(args) -> None:
     print(f"Synthetic MRI dataset written to {folder}")
 
 
+def _dataset_args(p) -> None:
+    p.add_argument("-d", type=int, required=True, help="dataset id")
+    p.add_argument("-o", default=None, help="output root (default: $nnUNet_raw)")
+    p.add_argument("-n", type=int, default=30, help="number of cases")
+
+
+def _run_args(p) -> None:
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing, different dataset folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def add_parser(convert_subparsers) -> None:
     """Register ``nnunet-ext convert synthetic-liver`` and ``nnunet-ext convert synthetic-mri``."""
     p = convert_subparsers.add_parser(
         "synthetic-liver", help="generate a multiphasic CT liver-lesion dataset (classes defined by enhancement "
                                 "dynamics; no single phase determines the class)")
-    p.add_argument("-d", type=int, required=True, help="dataset id")
-    p.add_argument("-o", default=None, help="output root (default: $nnUNet_raw)")
-    p.add_argument("-n", type=int, default=30, help="number of cases")
+    _dataset_args(p)
     p.add_argument("--shape", default="64,96,96", help="z,y,x voxels")
     p.add_argument("--spacing", default="2.0,1.5,1.5", help="z,y,x mm")
     p.add_argument("--phases", nargs="+", default=["arterial", "portal_venous", "delayed"],
@@ -296,21 +306,15 @@ def add_parser(convert_subparsers) -> None:
     p.add_argument("--class_map", default=None,
                    help='JSON lesion type -> case class, e.g. \'{"hcc": "HCC", "metastasis": "metastasis", '
                         '"hemangioma": "benign", "cyst": "benign"}\' (the default)')
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing, different dataset folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_args(p)
     p.set_defaults(func=_liver)
 
     p = convert_subparsers.add_parser(
         "synthetic-mri", help="generate a multi-sequence MRI lesion classification dataset (classes defined by "
                               "cross-sequence signal and lesion texture)")
-    p.add_argument("-d", type=int, required=True, help="dataset id")
-    p.add_argument("-o", default=None, help="output root (default: $nnUNet_raw)")
-    p.add_argument("-n", type=int, default=30, help="number of cases")
+    _dataset_args(p)
     p.add_argument("--shape", default="32,64,64", help="z,y,x voxels")
     p.add_argument("--spacing", default="3.0,1.0,1.0", help="z,y,x mm")
     p.add_argument("--sequences", nargs="+", default=["T1", "T2", "T2FS"], help="2-3 of T1, T2, T2FS")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing, different dataset folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_args(p)
     p.set_defaults(func=_mri)
