@@ -28,7 +28,10 @@ Run on a GPU machine from the repository root::
 Levers: ``--channels-last`` (channels_last_3d), ``--bf16`` (bf16 autocast, no GradScaler), ``--sdpa-backend``
 (force a fused kernel or the math path), ``--cuda-graphs`` (``torch.compile(mode="reduce-overhead")``),
 ``--dynamic`` (default ``dynamic=False``: no symbolic shapes, recompiles when shapes such as N change),
-``--no-compile``, ``--phases N``. ``--device cpu --tiny`` runs the same code path at tiny sizes (and narrow widths) as
+``--no-compile``, ``--phases N``, ``--fused-sgd`` (``torch.optim.SGD(fused=True)`` for both networks),
+``--optimizer hybrid`` (what the nnunet-ext trainers use: nnU-Net's SGD for the U-Net parts, AdamW for STD-Net's
+temporal modeler and head, :mod:`nnunet_ext.trainers.optim`; the U-Net has no such modules and keeps SGD).
+``--device cpu --tiny`` runs the same code path at tiny sizes (and narrow widths) as
 a sanity check, with bf16 autocast (CPU float16 kernels are emulated): its timings mean nothing.
 """
 
@@ -70,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-inference", action="store_true", help="also compile the 224^3 forward")
     p.add_argument("--channels-last", action="store_true", help="channels_last_3d memory format")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast instead of fp16 (no GradScaler)")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "hybrid"],
+                   help="sgd: nnU-Net's SGD for every parameter (the issue's set-up); hybrid: the trainers' optimizer")
+    p.add_argument("--fused-sgd", action="store_true", help="torch.optim.SGD(fused=True) (lever; --optimizer sgd)")
     p.add_argument("--sdpa-backend", default="auto", choices=["auto", "flash", "efficient", "cudnn", "math"])
     p.add_argument("--skip-volume", action="store_true", help="skip the 224^3 forward")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -139,8 +145,17 @@ def make_batch(cfg, phases, strides, device, channels_last):
     return x, targets, cls_target
 
 
-def make_train_step(model, params, loss_fn, amp_dtype, device, use_heads: bool):
-    opt = torch.optim.SGD(params, lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+def make_optimizer(net, kind: str = "sgd", fused: bool = False):
+    """nnU-Net's SGD (optionally the fused kernel) or the trainers' hybrid SGD + AdamW optimizer."""
+    if kind == "hybrid":
+        from nnunet_ext.trainers.optim import make_hybrid_optimizer
+
+        return make_hybrid_optimizer(net, 1e-2, 3e-5, 3e-4, 1e-4, num_epochs=1000, warmup_iterations=1)[0]
+    return torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5,
+                           **({"fused": True} if fused else {}))
+
+
+def make_train_step(model, params, loss_fn, amp_dtype, device, use_heads: bool, opt):
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     def step(x, targets, cls_target):
@@ -226,7 +241,8 @@ def benchmark_network(name: str, args, cfg: dict, topology: dict, device: torch.
         if args.compile:
             model = torch.compile(net, mode="reduce-overhead" if args.cuda_graphs else None,
                                   dynamic=None if args.dynamic else False)
-        step = make_train_step(model, list(net.parameters()), loss_fn, amp_dtype, device, use_heads)
+        opt = make_optimizer(net, args.optimizer, args.fused_sgd)
+        step = make_train_step(model, list(net.parameters()), loss_fn, amp_dtype, device, use_heads, opt)
         timer = _Timer(device)
         t0 = time.perf_counter()
         for _ in range(cfg["warmup"]):
@@ -244,7 +260,7 @@ def benchmark_network(name: str, args, cfg: dict, topology: dict, device: torch.
             rec["measured_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 2 ** 30, 3)
         else:
             rec["measured_peak_gb"] = rec["measured_reserved_gb"] = None
-        del step, model
+        del step, model, opt
         if not args.skip_volume:
             rec.update(forward_volume(net, args, cfg, device, amp_dtype))
     return rec
@@ -286,11 +302,19 @@ def environment(args, device) -> dict:
            "cuda_graphs": args.cuda_graphs, "dynamic": args.dynamic, "channels_last": args.channels_last,
            "amp_dtype": "bf16" if _amp_dtype(args, device) == torch.bfloat16 else "fp16",
            "sdpa_backend": args.sdpa_backend,
-           "optimizer": "SGD(nesterov, lr=1e-2, momentum=0.99, weight_decay=3e-5)", "time": time.time()}
+           "optimizer": _optimizer_description(args),
+           "time": time.time()}
     if device.type == "cuda":
         env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version())
     return env
+
+
+def _optimizer_description(args) -> str:
+    sgd = f"SGD(nesterov, lr=1e-2, momentum=0.99, weight_decay=3e-5{', fused' if args.fused_sgd else ''})"
+    if args.optimizer == "hybrid":
+        return f"hybrid: {sgd} for the U-Net parts, AdamW(lr=3e-4, weight_decay=1e-4) for temporal modeler and head"
+    return sgd
 
 
 def run(args) -> list[dict]:

@@ -3,12 +3,14 @@
 # STD-Net and its three ablations, 100 synthetic cases of 32x48x48 with inter-phase misalignment (up to 3 mm / 3 deg),
 # fold 0, schedule gpu2500 (50 epochs x 50 iterations) for every method, six trainings at once, then the benchmark.
 # From the repository root on the GPU machine:
-#   bash benchmarks/synthetic_comparison_gpu.sh WORKSPACE [COPY_TO]
+#   bash benchmarks/synthetic_comparison_gpu.sh WORKSPACE [COPY_TO] [EXTRA ARGUMENTS]
+# EXTRA ARGUMENTS go to examples/synthetic_comparison.py (e.g. --controls --jobs 7 adds the all-SGD STD-Net control).
 # COPY_TO (optional) receives the report, the logs and the results folders without checkpoints, every 30 s during
 # the run and at the end (for a machine whose workspace is not kept).
 set -uo pipefail
 work=${1:-runs/synthetic_gpu}
 copy_to=${2:-}
+shift $(( $# < 2 ? $# : 2 ))
 export nnUNet_compile=${nnUNet_compile:-f}   # same eager set-up for every method (six compilations would cost minutes)
 snapshot() {
   [ -n "$copy_to" ] || return 0
@@ -19,7 +21,7 @@ snapshot() {
 if [ -n "$copy_to" ]; then (while sleep 30; do snapshot; done) & copier=$!; fi
 # COMPARISON_TIMEOUT (seconds, 0 = none) stops the run, keeping what is finished (rerunning resumes it)
 timeout "${COMPARISON_TIMEOUT:-0}" python3 examples/synthetic_comparison.py -o "$work" -device cuda --n-cases 100 \
-  --folds 0 --schedule gpu2500 --jobs 6
+  --folds 0 --schedule gpu2500 --jobs 6 "$@"
 status=$?
 [ -n "$copy_to" ] && kill "$copier" 2>/dev/null
 snapshot

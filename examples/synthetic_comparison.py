@@ -7,9 +7,10 @@ multiphase liver CT with inter-phase misalignment, same schedule and folds for e
 
 Methods (trainer, plans): nnUNetTrainer (vanilla nnU-Net, segmentation only; the reference), EarlyFusionTrainer
 (nnU-Net + head: the "joint 4D CNN"), STDNetTrainer, STDNetTrainer_noTemporal, STDNetTrainer_noWeightSharing,
-STDNetTrainer_ConvGRU. STD-Net uses ``STDNetPlans`` on a GPU (paper-size temporal modeler) and ``STDNetPlansCPU``
-(reduced temporal modeler) on a CPU. The benchmark report (``nnunet-ext benchmark`` with STDNetTrainer as the full
-model of the ablation chart) is written to ``<output>/report``.
+STDNetTrainer_ConvGRU; with ``--controls`` also STDNetTrainer_nnUNetSGD (every parameter with nnU-Net's SGD
+instead of AdamW for the temporal modeler and head: the optimizer control). STD-Net uses ``STDNetPlans`` on a GPU
+(paper-size temporal modeler) and ``STDNetPlansCPU`` (reduced temporal modeler) on a CPU. The benchmark report
+(``nnunet-ext benchmark`` with STDNetTrainer as the full model of the ablation chart) is written to ``<output>/report``.
 
 The STD-Net paper's ablation ordering (without temporal modeler worst) is the hypothesis, not the expected answer.
 """
@@ -34,9 +35,12 @@ DATASET_ID = 510
 STD_VARIANTS = ("STDNetTrainer", "STDNetTrainer_noTemporal", "STDNetTrainer_noWeightSharing", "STDNetTrainer_ConvGRU")
 
 
-def methods(schedule: str, stdnet_plans: str) -> list[tuple[str, str]]:
+CONTROLS = ("STDNetTrainer_nnUNetSGD",)
+
+
+def methods(schedule: str, stdnet_plans: str, controls: bool = False) -> list[tuple[str, str]]:
     return [(f"nnUNetTrainer_{schedule}", "nnUNetPlans"), (f"EarlyFusionTrainer_{schedule}", "nnUNetPlans")] + \
-        [(f"{t}_{schedule}", stdnet_plans) for t in STD_VARIANTS]
+        [(f"{t}_{schedule}", stdnet_plans) for t in STD_VARIANTS + (CONTROLS if controls else ())]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("-device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="trainings run at once (one process each; useful on a GPU)")
+    p.add_argument("--controls", action="store_true", help="also train the optimizer control STDNetTrainer_nnUNetSGD")
     p.add_argument("--smoke", action="store_true", help="tiny data and the smoke schedule (CI)")
     args = p.parse_args(argv)
     if args.smoke:
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 max_shift_mm=args.max_shift_mm, max_rotation_deg=args.max_rotation_deg,
                                 name=name.split("_", 1)[1], progress=False)
     stdnet_plans = plan_vanilla_and_stdnet(DATASET_ID, device, os.path.join(logs, "plan.log"))
-    todo = methods(args.schedule, stdnet_plans)
+    todo = methods(args.schedule, stdnet_plans, args.controls)
     stage(f"train {len(todo)} methods x folds {args.folds} ({device}, schedule {args.schedule})")
     train_methods(name, todo, args.folds, device, logs, jobs=args.jobs)
     stage("benchmark")

@@ -33,8 +33,11 @@ class ClassifyingUNet(nn.Module):
         **unet_kwargs: the plans' ``arch_kwargs`` (ops already resolved to classes).
 
     ``forward(x)``: x (B, C, *spatial) -> segmentation logits. ``forward(x, return_heads=True, tabular=None)`` -> dict
-    with ``seg``, ``cls`` (B, num_cls_classes) and empty ``aux_losses``.
+    with ``seg``, ``cls`` (B, num_cls_classes) and empty ``aux_losses``. ``auxiliary_modules``: the head (trained with
+    AdamW by the trainers, the U-Net with nnU-Net's SGD).
     """
+
+    auxiliary_modules = ("cls_head",)
 
     def __init__(self, input_channels: int, num_classes: int, unet_class_name: str, num_cls_classes: int,
                  cls_hidden: int = 512, cls_dropout: float = 0.3, num_tabular: int = 0,

@@ -105,7 +105,12 @@ class STDNet(nn.Module):
     (B, K) or None, ``aux_losses`` ({}) and with ``return_attention`` ``attention``: the last temporal layer's weights
     (B, L_b, h, N+1, N+1) (L_b bottleneck locations in C order, token 0 = CLS, rows sum to 1; None unless
     ``temporal="transformer"``).
+
+    ``auxiliary_modules``: the modules nnU-Net's U-Net does not have; the trainers optimise them with AdamW
+    (:mod:`nnunet_ext.trainers.optim`), the encoder and decoder with nnU-Net's SGD.
     """
+
+    auxiliary_modules = ("temporal", "temporal_out", "skip_fusion", "cls_head")
 
     def __init__(self, input_channels: int, num_classes: int, n_stages: int, features_per_stage, conv_op,
                  kernel_sizes, strides, n_conv_per_stage=2, n_conv_per_stage_decoder=2, conv_bias: bool = False,

@@ -31,3 +31,10 @@ class EarlyFusionTrainer(MultiTaskTrainer):
                               **resolved_arch_kwargs(configuration_manager))
         net.apply(net.initialize)
         return net
+
+
+class EarlyFusionTrainer_nnUNetSGD(EarlyFusionTrainer):
+    """Early fusion with nnU-Net's SGD for every parameter, the head included (control; see
+    :class:`~nnunet_ext.trainers.stdnet.STDNetTrainer_nnUNetSGD`)."""
+
+    head_optimizer = "sgd"

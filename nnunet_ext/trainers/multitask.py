@@ -19,6 +19,13 @@ The trainer overrides nnU-Net hooks; it never copies nnU-Net's training loop:
   doubles the (one-off) validation inference time.
 * **Checkpoints** are written atomically (temporary file + rename) every ``save_every`` epochs (default 1), so
   ``--c`` resumes from the last complete epoch with every head, the optimizer and the logs.
+* **Optimizer.** The U-Net (encoder, decoder) trains with nnU-Net's SGD and poly schedule, unchanged. The modules
+  nnU-Net's U-Net does not have, which a network lists in ``auxiliary_modules`` (temporal modeler, skip fusion,
+  class head), train with AdamW (``head_lr`` 3e-4, ``head_weight_decay`` 1e-4, the STD-Net paper's values) after a
+  linear warm-up over ``head_warmup_iterations`` (default 5% of all iterations, at most 2500), then nnU-Net's poly
+  decay: :mod:`nnunet_ext.trainers.optim`. ``head_optimizer = "sgd"`` (the ``*_nnUNetSGD`` trainers) trains every
+  parameter with nnU-Net's SGD, under which STD-Net's transformer head collapsed to constant logits on the synthetic
+  GPU comparison.
 * **DDP** also works on CPU with the gloo backend (tests), where stock nnU-Net assumes CUDA.
 """
 
@@ -42,6 +49,7 @@ from nnunet_ext.data.metadata import UNLABELED, DatasetMetadata
 from nnunet_ext.data.splits import write_stratified_splits_if_missing
 from nnunet_ext.evaluation.classification import classification_summary
 from nnunet_ext.trainers.logging import add_log_keys, plot_classification_progress
+from nnunet_ext.trainers.optim import HybridLRScheduler, auxiliary_parameters, make_hybrid_optimizer
 
 NETWORK_INPUT_KEYS = ("tabular", "text_embedding")
 
@@ -72,6 +80,10 @@ class MultiTaskTrainer(nnUNetTrainer):
     cls_loss_on_lesion_patches_only: bool = True
     requires_classification: bool = True
     network_uses: tuple[str, ...] = ()  # subset of NETWORK_INPUT_KEYS passed to forward()
+    head_optimizer: str = "adamw"  # "adamw": AdamW + warm-up for the network's auxiliary modules; "sgd": nnU-Net's
+    head_lr: float = 3e-4
+    head_weight_decay: float = 1e-4
+    head_warmup_iterations: int | None = None  # None: 5% of all training iterations, at most 2500
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -90,6 +102,7 @@ class MultiTaskTrainer(nnUNetTrainer):
         self.plans_manager.plans[PLANS_KEY] = make_head_settings(self.metadata, channel_names)
         self.save_every = 1
         self.case_targets: CaseTargets | None = None
+        self._iteration_in_epoch = 0
         add_log_keys(self.logger)
 
     # ------------------------------------------------------------------ set-up
@@ -109,6 +122,24 @@ class MultiTaskTrainer(nnUNetTrainer):
             else:
                 self.network = DDP(self.network)
             self.loss = self._build_loss()
+
+    def configure_optimizers(self):
+        """nnU-Net's SGD + poly for the U-Net, AdamW + warm-up + poly for ``auxiliary_modules`` (module docstring)."""
+        if self.head_optimizer == "sgd" or not auxiliary_parameters(self.network):
+            return super().configure_optimizers()
+        if self.head_optimizer != "adamw":
+            raise ValueError(f"head_optimizer={self.head_optimizer!r}; choose 'adamw' or 'sgd'")
+        return make_hybrid_optimizer(self.network, self.initial_lr, self.weight_decay, self.head_lr,
+                                     self.head_weight_decay, self.num_epochs, self.warmup_iterations())
+
+    def warmup_iterations(self) -> int:
+        if self.head_warmup_iterations is not None:
+            return int(self.head_warmup_iterations)
+        return min(2500, max(1, round(0.05 * self.num_epochs * self.num_iterations_per_epoch)))
+
+    def on_train_epoch_start(self):
+        self._iteration_in_epoch = 0
+        super().on_train_epoch_start()
 
     def do_split(self):
         """Write a stratified split when labels exist and no ``splits_final.json`` does, then use nnU-Net's."""
@@ -197,6 +228,10 @@ class MultiTaskTrainer(nnUNetTrainer):
             self.network, self.loss = network, seg_loss
 
     def train_step(self, batch: dict) -> dict:
+        if isinstance(self.lr_scheduler, HybridLRScheduler):
+            self.lr_scheduler.step_iteration(self.current_epoch * self.num_iterations_per_epoch
+                                             + self._iteration_in_epoch)
+        self._iteration_in_epoch += 1
         record: dict = {}
         with self._multitask_step(batch, record):
             out = super().train_step(batch)
@@ -255,10 +290,15 @@ class MultiTaskTrainer(nnUNetTrainer):
         self.print_to_log_file(
             f"classification: train_loss {get('cls_train_losses', e):.4f}, val_loss {get('cls_val_loss', e):.4f}, "
             f"val_accuracy {get('cls_val_accuracy', e):.4f}, val_AUC {get('cls_val_auc', e):.4f} "
-            "(labeled lesion patches)")
+            "(labeled lesion patches)" + self._head_lr_note())
         super().on_epoch_end()
         if self.local_rank == 0:
             plot_classification_progress(self.logger, self.output_folder)
+
+    def _head_lr_note(self) -> str:
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        lrs = [g["lr"] for g in groups if g.get("algorithm") == "adamw"]
+        return f", auxiliary-module AdamW lr {lrs[0]:.2e} (end of epoch)" if lrs else ""
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, filename: str) -> None:

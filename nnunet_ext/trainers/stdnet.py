@@ -15,6 +15,7 @@ from the dataset metadata. Ablations (paper, ablation study) are one-line varian
 ``STDNetTrainer_noWeightSharing``   one encoder per phase (``share_weights=False``)
 ``STDNetTrainer_ConvGRU``           ConvGRU over phases instead of the Transformer (``temporal="convgru"``)
 ``STDNetTrainer_paperLoss``         L = L_seg + 1.0 * CE, L_seg = 0.5 * Dice(squared denominators) + 0.5 * BCE
+``STDNetTrainer_nnUNetSGD``         every parameter with nnU-Net's SGD (no AdamW for transformer and head): control
 =================================  ============================================================================
 
 The "joint 4D CNN" ablation is the early-fusion baseline, :class:`~nnunet_ext.trainers.early_fusion.EarlyFusionTrainer`.
@@ -161,5 +162,13 @@ class STDNetTrainer_paperLoss(STDNetTrainer):
         return seg
 
 
+class STDNetTrainer_nnUNetSGD(STDNetTrainer):
+    """STD-Net with nnU-Net's SGD (lr 1e-2, momentum 0.99, poly, no warm-up) for every parameter, transformer and
+    head included: the optimizer of the first synthetic GPU comparison, under which the head collapsed. Kept as the
+    control that shows what the AdamW group of :class:`~nnunet_ext.trainers.multitask.MultiTaskTrainer` changes."""
+
+    head_optimizer = "sgd"
+
+
 STDNET_TRAINERS = (STDNetTrainer, STDNetTrainer_noTemporal, STDNetTrainer_noWeightSharing, STDNetTrainer_ConvGRU,
-                   STDNetTrainer_paperLoss)
+                   STDNetTrainer_paperLoss, STDNetTrainer_nnUNetSGD)

@@ -147,3 +147,26 @@ def test_lesion_weighted_pool_focuses_on_predicted_lesion_and_falls_back_to_mean
     assert seg.grad is None and feats.grad is not None  # the weights are detached from the segmentation
     assert lesion_pool_channels([2], 3) == [2] and lesion_pool_channels(None, 3) is None
     assert lesion_pool_channels([5], 3) is None
+
+
+
+def test_leaky_head_keeps_a_gradient_where_a_relu_head_goes_dead():
+    from nnunet_ext.architectures.blocks.heads import ClassificationHead
+
+    torch.manual_seed(0)
+    feats = torch.randn(64) * 5 + 0.01 * torch.randn(16, 64)  # nearly identical cases, as pooled features are
+    grads = {}
+    for act in ("relu", "leaky_relu"):
+        head = ClassificationHead(64, 3, 128, dropout=0.0, activation=act)
+        with torch.no_grad():
+            head.mlp[0].bias.fill_(-100.0)  # every unit pushed below zero for every case
+        head(feats).sum().backward()
+        grads[act] = head.mlp[0].weight.grad.abs().sum().item()
+        assert head.hidden_activations(feats).shape == (16, 128)
+    assert grads["relu"] == 0.0 and grads["leaky_relu"] > 0.0
+    assert isinstance(ClassificationHead(4, 2).mlp[1], nn.LeakyReLU)
+    assert isinstance(ClassificationHead(4, 2, activation="gelu").mlp[1], nn.GELU)
+    with pytest.raises(ValueError, match="activation"):
+        ClassificationHead(4, 2, activation="tanh")
+    with pytest.raises(ValueError, match="tabular"):
+        ClassificationHead(4, 2, 8, tabular_features=2)(torch.zeros(1, 4))

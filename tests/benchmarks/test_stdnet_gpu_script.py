@@ -54,3 +54,15 @@ def test_refuses_cuda_without_a_gpu(bench, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bench.main(["--device", "cuda"]) == 2
     assert "--device cpu --tiny" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, optimizer", [
+    (["--optimizer", "hybrid"], "hybrid: SGD"),
+    (["--fused-sgd"], "SGD(nesterov, lr=1e-2, momentum=0.99, weight_decay=3e-5, fused)"),
+])
+def test_optimizer_levers_are_recorded(bench, tmp_path, flags, optimizer):
+    out = tmp_path / "bench.jsonl"
+    assert bench.main(["--device", "cpu", "--tiny", "--no-compile", "--skip-volume", "--networks", "stdnet",
+                       "--steps", "1", "--out", str(out), *flags]) == 0
+    config, net = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert config["optimizer"].startswith(optimizer) and net["train_step_ms"] > 0

@@ -118,9 +118,13 @@ def test_resume_restores_heads_optimizer_and_logs(tiny_multiphase):
     state = tr2.network.state_dict()
     assert any(k.startswith("cls_head.") for k in saved["network_weights"])
     assert all(torch.equal(state[k], v) for k, v in saved["network_weights"].items())
-    opt = tr2.optimizer.state_dict()["state"]
-    assert opt and all(torch.equal(opt[i]["momentum_buffer"], saved["optimizer_state"]["state"][i]["momentum_buffer"])
-                       for i in opt)
+    opt = tr2.optimizer.state_dict()
+    assert [g["algorithm"] for g in opt["param_groups"]] == ["sgd", "adamw"]  # U-Net: SGD, head: AdamW
+    saved_state = saved["optimizer_state"]["state"]
+    assert opt["state"] and set(opt["state"]) == set(saved_state)
+    for i, state in opt["state"].items():
+        assert {"momentum_buffer"} == set(state) or {"step", "exp_avg", "exp_avg_sq"} == set(state)
+        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(saved_state[i][k])) for k, v in state.items())
     assert len(tr2.logger.get_value("cls_val_auc", None)) == 1
     tr2.run_training()
     for key in ("cls_train_losses", "cls_val_loss", "cls_val_accuracy", "train_losses"):

@@ -148,6 +148,30 @@ def test_trainer_toggles_deep_supervision_and_paper_loss_keeps_its_wrapper(datas
     assert tr.network.decoder.deep_supervision is True
 
 
+@pytest.mark.parametrize("trainer, hybrid", [("STDNetTrainer_smoke", True), ("STDNetTrainer_nnUNetSGD_smoke", False)])
+def test_transformer_and_head_train_with_adamw_and_the_unet_with_nnunet_sgd(dataset, trainer, hybrid):
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from nnunet_ext.trainers.optim import HybridLRScheduler, HybridSGDAdamW
+    from nnunet_ext.trainers.run import ensure_trainer_path
+
+    ensure_trainer_path()
+    tr = get_trainer_from_args(str(DATASET), "3d_fullres", 0, trainer, TINY_PLANS, device=torch.device("cpu"))
+    tr.initialize()
+    if not hybrid:
+        assert type(tr.optimizer) is torch.optim.SGD and tr.optimizer.defaults["momentum"] == 0.99
+        return
+    assert isinstance(tr.optimizer, HybridSGDAdamW) and isinstance(tr.lr_scheduler, HybridLRScheduler)
+    sgd, adamw = tr.optimizer.param_groups
+    names = {id(p): n for n, p in tr.network.named_parameters()}
+    assert all(names[id(p)].startswith(("encoder.", "decoder.")) for p in sgd["params"])
+    assert {names[id(p)].split(".")[0] for p in adamw["params"]} == {"temporal", "temporal_out", "cls_head"}
+    assert (sgd["lr"], sgd["momentum"], sgd["nesterov"], sgd["weight_decay"]) == (tr.initial_lr, 0.99, True,
+                                                                                    tr.weight_decay)
+    assert (adamw["initial_lr"], adamw["weight_decay"]) == (tr.head_lr, tr.head_weight_decay)
+    assert tr.warmup_iterations() == 1  # 5% of the smoke schedule's 2 iterations, at least 1
+
+
 # ---------------------------------------------------------------------------------------------- the paper loss
 def _naive_dice_bce(logits, labels, a):
     p = torch.softmax(logits, 1)[:, 1:]

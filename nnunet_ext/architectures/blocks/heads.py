@@ -15,30 +15,54 @@ from torch import nn
 LESION_POOL_FLOOR = 1e-4
 
 
+HEAD_ACTIVATIONS = {"leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True), "relu": lambda: nn.ReLU(inplace=True),
+                    "gelu": nn.GELU}
+
+
 class ClassificationHead(nn.Module):
-    """Linear -> ReLU -> Dropout -> Linear on a feature vector, optionally concatenated with tabular features.
+    """Linear -> LeakyReLU(0.01) -> Dropout -> Linear on a feature vector (optionally concatenated with tabular
+    features).
+
+    The paper's characterisation head is an MLP with hidden width 512 and dropout 0.3; it does not name the
+    activation. LeakyReLU with nnU-Net's slope 0.01 is chosen over ReLU because a ReLU head can switch itself off for
+    good: the pooled features of whole-organ patches are nearly the same for every case until the segmentation finds
+    the lesions, a unit whose pre-activation turns negative for all cases gets no gradient again, and on the synthetic
+    GPU comparison STD-Net's ReLU head ended with constant logits (``benchmarks/RESULTS.md``;
+    ``benchmarks/head_optimizer_diagnostic.py`` shows the dead fraction growing). A leaky unit always passes a
+    gradient, and AdamW (which the trainers use for the head) turns even a small consistent gradient into a full-size
+    step, so such a unit can come back (GELU's gradient also vanishes for strongly negative inputs).
+    ``activation="relu"`` (or ``"gelu"``) gives the other MLPs.
 
     Shapes: ``features`` (B, C), ``tabular`` (B, T) or None -> logits (B, num_classes). No softmax: the loss and
     the predictor apply it.
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 512, dropout: float = 0.3,
-                 tabular_features: int = 0):
+                 tabular_features: int = 0, activation: str = "leaky_relu"):
         super().__init__()
+        if activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f"activation={activation!r}; choose one of {tuple(HEAD_ACTIVATIONS)}")
         self.tabular_features = tabular_features
         self.mlp = nn.Sequential(
             nn.Linear(in_features + tabular_features, hidden),
-            nn.ReLU(inplace=True),
+            HEAD_ACTIVATIONS[activation](),
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
 
-    def forward(self, features: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor:
+    def _inputs(self, features: torch.Tensor, tabular: torch.Tensor | None) -> torch.Tensor:
         if self.tabular_features:
             if tabular is None:
                 raise ValueError(f"this head was built for {self.tabular_features} tabular features; pass tabular=")
             features = torch.cat((features, tabular.to(features.dtype)), dim=1)
-        return self.mlp(features)
+        return features
+
+    def forward(self, features: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor:
+        return self.mlp(self._inputs(features, tabular))
+
+    def hidden_activations(self, features: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, hidden) activations after the non-linearity (diagnostics)."""
+        return self.mlp[1](self.mlp[0](self._inputs(features, tabular)))
 
 
 def global_average_pool(x: torch.Tensor) -> torch.Tensor:

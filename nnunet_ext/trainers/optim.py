@@ -1,0 +1,199 @@
+"""One optimizer, two update rules: nnU-Net's SGD for the U-Net, AdamW with warm-up for the modules nnU-Net lacks.
+
+Why. nnU-Net trains every parameter with SGD (Nesterov, momentum 0.99, lr 1e-2, poly decay, no warm-up). That is
+tuned for convolutions with instance norm. Transformers are trained with AdamW and a warm-up (ViT, TimeSformer; the
+STD-Net paper trains with AdamW, lr 3e-4, weight decay 1e-4). On the synthetic multiphase comparison (H100, 2500
+iterations, ``benchmarks/RESULTS.md``) STD-Net's characterisation head trained by nnU-Net's SGD output the same logits
+for every case from the fifth epoch on (validation AUC exactly 0.5), as did the no-weight-sharing ablation, while the
+U-Net parts segmented as well as vanilla nnU-Net. ``benchmarks/head_optimizer_diagnostic.py`` measures the
+mechanism on the CPU.
+
+What. :class:`HybridSGDAdamW` is a single :class:`torch.optim.Optimizer` (so nnU-Net's ``GradScaler``, gradient
+clipping, checkpointing and ``--c`` resume work unchanged) whose parameter groups carry ``"algorithm"``:
+
+* ``"sgd"``: PyTorch's SGD with momentum, dampening 0, optional Nesterov and L2 weight decay (the exact update of
+  ``torch.optim.SGD``, which nnU-Net uses);
+* ``"adamw"``: PyTorch's AdamW (decoupled weight decay, bias-corrected moments; the update of ``torch.optim.AdamW``).
+
+The trainer puts the U-Net's encoder and decoder in the SGD group, so the segmentation path trains exactly as in
+nnU-Net, and the modules a network lists in ``auxiliary_modules`` (temporal modeler, skip fusion, class head) in the
+AdamW group. :class:`HybridLRScheduler` keeps nnU-Net's per-epoch poly schedule for SGD and gives AdamW a linear
+warm-up over the first iterations followed by the same poly decay.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ALGORITHMS = ("sgd", "adamw")
+
+
+class HybridSGDAdamW(torch.optim.Optimizer):
+    """SGD for the groups with ``algorithm="sgd"``, AdamW for those with ``algorithm="adamw"``.
+
+    Group options: ``lr``, ``weight_decay``; SGD: ``momentum``, ``nesterov``; AdamW: ``betas``, ``eps``.
+    Updates are computed with ``torch._foreach_*`` kernels, one launch per operation and group.
+    """
+
+    def __init__(self, params, lr: float = 1e-2, weight_decay: float = 0.0, momentum: float = 0.99,
+                 nesterov: bool = True, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 algorithm: str = "sgd"):
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, betas=betas,
+                        eps=eps, algorithm=algorithm)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["algorithm"] not in ALGORITHMS:
+                raise ValueError(f"algorithm={group['algorithm']!r}; choose one of {ALGORITHMS}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if group["algorithm"] == "sgd":
+                self._sgd(group, params)
+            else:
+                self._adamw(group, params)
+        return loss
+
+    def _sgd(self, group: dict, params: list[torch.Tensor]) -> None:
+        grads = [p.grad for p in params]
+        if group["weight_decay"]:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        mom = group["momentum"]
+        if mom:
+            fresh = [i for i, p in enumerate(params) if "momentum_buffer" not in self.state[p]]
+            old = [i for i, p in enumerate(params) if "momentum_buffer" in self.state[p]]
+            if old:
+                bufs = [self.state[params[i]]["momentum_buffer"] for i in old]
+                torch._foreach_mul_(bufs, mom)
+                torch._foreach_add_(bufs, [grads[i] for i in old])
+            for i in fresh:  # first step: the buffer is the gradient (torch.optim.SGD)
+                self.state[params[i]]["momentum_buffer"] = grads[i].detach().clone()
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
+            grads = torch._foreach_add(grads, bufs, alpha=mom) if group["nesterov"] else bufs
+        torch._foreach_add_(params, grads, alpha=-group["lr"])
+
+    def _adamw(self, group: dict, params: list[torch.Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        lr, eps = group["lr"], group["eps"]
+        for p in params:
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+        grads = [p.grad for p in params]
+        exp_avg = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+        # parameters of one group may have been added at different times: bias corrections per parameter
+        steps = [self.state[p]["step"] for p in params]
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_div_(denom, [(1 - beta2 ** s) ** 0.5 for s in steps])
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, exp_avg, denom, [-lr / (1 - beta1 ** s) for s in steps])
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(network, "module", None) or getattr(network, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return network
+        network = inner
+
+
+def auxiliary_parameters(network: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the submodules the (unwrapped) network names in ``auxiliary_modules`` (None entries skipped)."""
+    net = unwrap(network)
+    seen, out = set(), []
+    for name in getattr(net, "auxiliary_modules", ()):
+        module = getattr(net, name, None)
+        if module is None:
+            continue
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def hybrid_param_groups(network: nn.Module, sgd: dict, adamw: dict) -> list[dict]:
+    """Two groups: everything but the auxiliary modules with ``sgd`` options (first, so that nnU-Net's log of
+    ``param_groups[0]["lr"]`` stays the U-Net's learning rate), the auxiliary modules with ``adamw`` options. A
+    network without auxiliary modules gets one SGD group."""
+    aux = auxiliary_parameters(network)
+    aux_ids = {id(p) for p in aux}
+    rest = [p for p in network.parameters() if id(p) not in aux_ids]
+    groups = [{"params": rest, "algorithm": "sgd", "name": "unet", **sgd}]
+    if aux:
+        groups.append({"params": aux, "algorithm": "adamw", "name": "auxiliary", **adamw})
+    return groups
+
+
+class HybridLRScheduler:
+    """nnU-Net's poly schedule, ``lr = initial * (1 - epoch / num_epochs) ** 0.9`` set once per epoch (``step``, as
+    nnU-Net calls it), for every group; AdamW groups additionally ramp linearly from ``1 / warmup_iterations`` to 1
+    over their first ``warmup_iterations`` updates (``step_iteration``, called before each training step).
+
+    Each group's peak learning rate is its ``initial_lr`` entry (set from ``lr`` on construction).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, num_epochs: int, warmup_iterations: int,
+                 exponent: float = 0.9):
+        self.optimizer, self.num_epochs, self.exponent = optimizer, num_epochs, exponent
+        self.warmup_iterations = max(0, int(warmup_iterations))
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.epoch, self.iteration = 0, 0
+        self.step(0)
+
+    def _poly(self) -> float:
+        return (1 - min(self.epoch, self.num_epochs) / self.num_epochs) ** self.exponent
+
+    def _warmup(self) -> float:
+        if not self.warmup_iterations:
+            return 1.0
+        return min(1.0, (self.iteration + 1) / self.warmup_iterations)
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            factor = self._poly() * (self._warmup() if group.get("algorithm") == "adamw" else 1.0)
+            group["lr"] = group["initial_lr"] * factor
+
+    def step(self, current_step: int | None = None) -> None:
+        self.epoch = self.epoch + 1 if current_step is None else int(current_step)
+        self._apply()
+
+    def step_iteration(self, iteration: int) -> None:
+        """``iteration``: training steps done before this one (epoch * iterations per epoch + step in epoch)."""
+        self.iteration = int(iteration)
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+
+def make_hybrid_optimizer(network: nn.Module, sgd_lr: float, sgd_weight_decay: float, adamw_lr: float,
+                          adamw_weight_decay: float, num_epochs: int, warmup_iterations: int,
+                          ) -> tuple[HybridSGDAdamW, HybridLRScheduler]:
+    """nnU-Net's SGD (momentum 0.99, Nesterov) for the U-Net, AdamW (betas 0.9/0.999) for the auxiliary modules."""
+    groups = hybrid_param_groups(network, {"lr": sgd_lr, "weight_decay": sgd_weight_decay, "momentum": 0.99,
+                                           "nesterov": True},
+                                 {"lr": adamw_lr, "weight_decay": adamw_weight_decay, "betas": (0.9, 0.999),
+                                  "eps": 1e-8})
+    optimizer = HybridSGDAdamW(groups)
+    return optimizer, HybridLRScheduler(optimizer, num_epochs, warmup_iterations)
+
