@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import os
 import sys
 import time
 
@@ -38,7 +38,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SPACING = (2.0, 1.5, 1.5)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stdnet_gpu import PAPER_SPACING, emit, nnunet_loss, nnunet_topology  # noqa: E402  (same folder)
+
+SPACING = PAPER_SPACING
 CLASSES = ("HCC", "metastasis", "benign")
 
 
@@ -84,38 +87,15 @@ def make_data(n: int, shape, seed: int):
 
 
 def build_network(shape, base: int, cap: int, activation: str = "leaky_relu", **overrides):
-    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-    from torch import nn
-
+    """STD-Net with nnU-Net's topology for ``shape`` (widths ``base`` .. ``cap``), the paper's temporal modeler and
+    head, lesion-weighted pooling on label 2."""
     from nnunet_ext.architectures.stdnet import STDNet
 
-    _, strides, kernels, _, _ = get_pool_and_conv_props(list(SPACING), list(shape), 4, 999999)
-    n = len(strides)
-    net = STDNet(3, 3, n_stages=n, features_per_stage=[min(cap, base * 2 ** i) for i in range(n)],
-                 conv_op=nn.Conv3d, kernel_sizes=kernels, strides=strides, n_conv_per_stage=2,
-                 n_conv_per_stage_decoder=2, conv_bias=True, norm_op=nn.InstanceNorm3d,
-                 norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
-                 deep_supervision=True, num_cls_classes=3, num_phases=3, reference_phase=1, cls_pool_channels=[2],
-                 **overrides)
-    if activation != "leaky_relu":
-        from nnunet_ext.architectures.blocks.heads import ClassificationHead
-
-        net.cls_head = ClassificationHead(net.cls_head.mlp[0].in_features, 3, activation=activation)
+    topology = nnunet_topology(shape, SPACING, base, cap)
+    net = STDNet(3, 3, **topology, deep_supervision=True, num_cls_classes=3, num_phases=3, reference_phase=1,
+                 cls_pool_channels=[2], cls_activation=activation, **overrides)
     net.apply(net.initialize)
-    return net, strides
-
-
-def seg_loss(strides):
-    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-
-    loss = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
-                          weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
-    k = len(strides) - 1
-    w = np.array([1 / 2 ** i for i in range(k)])
-    w[-1] = 0
-    return DeepSupervisionWrapper(loss, w / w.sum())
+    return net, topology["strides"]
 
 
 def ds_targets(seg: torch.Tensor, strides) -> list[torch.Tensor]:
@@ -178,7 +158,7 @@ def train(kind: str, net0, strides, data, val, args) -> list[dict]:
     torch.manual_seed(args.seed)
     net = copy.deepcopy(net0)
     opt, sched = make_optimizer(kind, net, args.epochs, args.iterations_per_epoch)
-    loss_fn = seg_loss(strides)
+    loss_fn = nnunet_loss(len(strides) - 1)
     x, segs, y = data
     g = torch.Generator().manual_seed(args.seed + 1)
     records, cls_losses, t0 = [], [], time.perf_counter()
@@ -207,16 +187,8 @@ def train(kind: str, net0, strides, data, val, args) -> list[dict]:
             rec.update({f"val_{k}": v for k, v in va.items()})
             records.append(rec)
             cls_losses = []
-            _emit(rec, args.out)
+            emit(rec, args.out)
     return records
-
-
-def _emit(rec: dict, out: str | None) -> None:
-    line = json.dumps(rec)
-    print(line, flush=True)
-    if out:
-        with open(out, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
 
 
 def main(argv=None) -> int:
@@ -228,7 +200,7 @@ def main(argv=None) -> int:
     val = make_data(args.n_val, args.shape, args.seed + 1000)
     net0, strides = build_network(args.shape, args.base_features, args.max_features, args.head_activation,
                                   temporal=args.temporal)
-    _emit({"record": "config", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+    emit({"record": "config", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
            "torch": torch.__version__, "params_M": round(sum(p.numel() for p in net0.parameters()) / 1e6, 2)},
           args.out)
     if args.freeze_cls_token:

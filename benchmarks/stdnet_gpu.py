@@ -328,17 +328,18 @@ def run(args) -> list[dict]:
     head = {**environment(args, device), **{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
             "topology": {k: v for k, v in topology.items() if k in ("n_stages", "features_per_stage", "strides")}}
     records = [head]
-    _emit(head, args.out)
+    emit(head, args.out)
     for name in args.networks:
         rec = benchmark_network(name, args, cfg, topology, device)
         records.append(rec)
-        _emit(rec, args.out)
+        emit(rec, args.out)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return records
 
 
-def _emit(record: dict, out: str | None) -> None:
+def emit(record: dict, out: str | None) -> None:
+    """Print one JSON line and append it to ``out`` (if given)."""
     line = json.dumps(record)
     print(line, flush=True)
     if out:

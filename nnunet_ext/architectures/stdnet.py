@@ -96,6 +96,8 @@ class STDNet(nn.Module):
         share_weights: one encoder for all phases (paper) or one per phase (ablation).
         convgru_hidden: ConvGRU hidden width (None: bottleneck width).
         cls_hidden, cls_dropout, num_tabular: characterisation head (paper: 512, 0.3, no tabular input).
+        cls_activation: the head MLP's non-linearity, "leaky_relu" (default), "relu" or "gelu" (see
+            :class:`~nnunet_ext.architectures.blocks.heads.ClassificationHead`).
         cls_pool_channels: segmentation channels of the lesion labels. The head's CLS tokens are then aggregated
             over bottleneck locations weighted by the predicted lesion probability
             (:func:`~nnunet_ext.architectures.blocks.heads.lesion_weighted_pool`); None: the mean over locations.
@@ -122,7 +124,8 @@ class STDNet(nn.Module):
                  temporal_dim: int = 768, temporal_mlp_ratio: float = 4.0, temporal_dropout: float = 0.0,
                  temporal_norm_first: bool = True, skip_fusion: str = "none", share_weights: bool = True,
                  convgru_hidden: int | None = None, cls_hidden: int = 512, cls_dropout: float = 0.3,
-                 num_tabular: int = 0, nonlin_first: bool = False, cls_pool_channels: list[int] | None = None):
+                 num_tabular: int = 0, nonlin_first: bool = False, cls_pool_channels: list[int] | None = None,
+                 cls_activation: str = "leaky_relu"):
         super().__init__()
         n = input_channels if num_phases is None else int(num_phases)
         if n < 1 or input_channels % n:
@@ -176,8 +179,8 @@ class STDNet(nn.Module):
             head_in = c_b
         fusion = SKIP_FUSIONS[skip_fusion]
         self.skip_fusion = nn.ModuleList([fusion(w, n, ref) for w in widths[:-1]]) if fusion else None
-        self.cls_head = ClassificationHead(head_in, num_cls_classes, cls_hidden, cls_dropout, num_tabular) \
-            if num_cls_classes > 0 else None
+        self.cls_head = ClassificationHead(head_in, num_cls_classes, cls_hidden, cls_dropout, num_tabular,
+                                           cls_activation) if num_cls_classes > 0 else None
         self._zero_init_temporal_out()
 
     # ------------------------------------------------------------------ forward
