@@ -109,7 +109,9 @@ class HybridSGDAdamW(torch.optim.Optimizer):
 def unwrap(network: nn.Module) -> nn.Module:
     """The module under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
     while True:
-        inner = getattr(network, "module", None) or getattr(network, "_orig_mod", None)
+        inner = getattr(network, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(network, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
             return network
         network = inner

@@ -137,3 +137,9 @@ def test_scheduler_without_warmup():
     sched = HybridLRScheduler(opt, num_epochs=4, warmup_iterations=0)
     sched.step_iteration(0)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_unwrap_sees_through_torch_compile():
+    net = _stdnet()
+    assert unwrap(torch.compile(net)) is net  # OptimizedModule keeps the original as _orig_mod (compiled lazily)
+    assert len(auxiliary_parameters(torch.compile(net))) == len(auxiliary_parameters(net)) > 0
