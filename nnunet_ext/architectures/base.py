@@ -19,11 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 PLANS_KEY = "nnunet_ext"
+# non-linearity of the classification heads built by this version (see blocks.heads.ClassificationHead)
+HEAD_ACTIVATION = "leaky_relu"
 
 
 def head_settings(plans: dict) -> dict[str, Any]:
     """The ``plans["nnunet_ext"]`` block: ``num_cls_classes``, ``class_names``, ``phases``,
-    ``reference_phase_index``, ``num_tabular``, ``lesion_labels``."""
+    ``reference_phase_index``, ``num_tabular``, ``lesion_labels``, ``cls_activation``."""
     try:
         return plans[PLANS_KEY]
     except KeyError:
@@ -55,7 +57,14 @@ def make_head_settings(metadata, channel_names: list[str]) -> dict[str, Any]:
         "reference_phase_index": reference,
         "num_tabular": metadata.num_tabular if metadata is not None else 0,
         "lesion_labels": list(metadata.lesion_labels) if has_cls and metadata.lesion_labels else None,
+        "cls_activation": HEAD_ACTIVATION,
     }
+
+
+def head_activation(settings: dict) -> str:
+    """The head MLP's non-linearity recorded in the plans; results folders written before it was recorded were
+    trained with ReLU."""
+    return settings.get("cls_activation", "relu")
 
 
 def resolved_arch_kwargs(configuration_manager) -> dict[str, Any]:

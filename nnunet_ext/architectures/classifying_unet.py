@@ -24,7 +24,7 @@ class ClassifyingUNet(nn.Module):
         num_classes: segmentation heads.
         unet_class_name: dotted path of the U-Net class, as in nnU-Net plans.
         num_cls_classes: case-level classes; 0 builds no head.
-        cls_hidden, cls_dropout: head MLP.
+        cls_hidden, cls_dropout, cls_activation: head MLP (``ClassificationHead``).
         num_tabular: tabular features concatenated to the pooled bottleneck (0: none).
         cls_pool_channels: segmentation channels of the lesion labels: the bottleneck is pooled weighted by their
             predicted probability (:func:`~nnunet_ext.architectures.blocks.heads.lesion_weighted_pool`); None:
@@ -41,7 +41,8 @@ class ClassifyingUNet(nn.Module):
 
     def __init__(self, input_channels: int, num_classes: int, unet_class_name: str, num_cls_classes: int,
                  cls_hidden: int = 512, cls_dropout: float = 0.3, num_tabular: int = 0,
-                 deep_supervision: bool = True, cls_pool_channels: list[int] | None = None, **unet_kwargs):
+                 deep_supervision: bool = True, cls_pool_channels: list[int] | None = None,
+                 cls_activation: str = "leaky_relu", **unet_kwargs):
         super().__init__()
         unet_cls = pydoc.locate(unet_class_name)
         if unet_cls is None:
@@ -53,8 +54,8 @@ class ClassifyingUNet(nn.Module):
         self.cls_pool_channels = list(cls_pool_channels) if cls_pool_channels else None
         self.decoder = unet.decoder
         bottleneck = self.encoder.output_channels[-1]
-        self.cls_head = ClassificationHead(bottleneck, num_cls_classes, cls_hidden, cls_dropout, num_tabular) \
-            if num_cls_classes > 0 else None
+        self.cls_head = ClassificationHead(bottleneck, num_cls_classes, cls_hidden, cls_dropout, num_tabular,
+                                           cls_activation) if num_cls_classes > 0 else None
 
     def forward(self, x: torch.Tensor, return_heads: bool = False, tabular: torch.Tensor | None = None):
         skips = self.encoder(x)

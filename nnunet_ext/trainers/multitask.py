@@ -315,7 +315,18 @@ class MultiTaskTrainer(nnUNetTrainer):
                 os.remove(tmp)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
+        try:
+            super().load_checkpoint(filename_or_checkpoint)
+        except ValueError as e:
+            if "parameter group" not in str(e):
+                raise
+            where = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "the checkpoint"
+            raise RuntimeError(
+                f"{where} holds optimizer state for a different parameter-group layout than "
+                f"{self.__class__.__name__} uses ({len(self.optimizer.param_groups)} group(s): nnU-Net's SGD for the "
+                "U-Net, AdamW for the temporal modeler and head). It was most likely written by nnunet-ext before the "
+                "AdamW group existed, when every parameter trained with SGD. Fix: resume it with the matching "
+                "*_nnUNetSGD trainer (e.g. STDNetTrainer_nnUNetSGD), or start that fold again without --c.") from e
         add_log_keys(self.logger, fill_to=self.current_epoch)  # checkpoints of older runs lack our keys
 
     # ------------------------------------------------------------------ final validation

@@ -145,3 +145,32 @@ def test_metadata_travels_to_preprocessed_and_results(tiny_multiphase):
     data_folder = tiny_multiphase["preprocessed"] / "nnUNetPlans_3d_fullres"
     endings = {f.split(".", 1)[1] for f in os.listdir(data_folder)}
     assert endings <= {"b2nd", "pkl"}, f"unexpected files in the data folder: {endings}"
+
+
+def test_resuming_a_checkpoint_with_another_optimizer_layout_fails_clearly(tiny_multiphase):
+    tr = make_trainer(tiny_multiphase, fold=3)
+    tr.initialize()
+    path = os.path.join(tr.output_folder, "checkpoint_latest.pth")
+    tr.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    # what an older version wrote: one SGD group for every parameter
+    sgd = torch.optim.SGD(tr.network.parameters(), 1e-2, momentum=0.99, nesterov=True)
+    ckpt["optimizer_state"] = sgd.state_dict()
+    torch.save(ckpt, path)
+    tr2 = make_trainer(tiny_multiphase, fold=3)
+    with pytest.raises(RuntimeError, match="_nnUNetSGD"):
+        tr2.load_checkpoint(path)
+    old = make_trainer(tiny_multiphase, "EarlyFusionTrainer_nnUNetSGD_smoke", fold=3)
+    old.load_checkpoint(path)  # the control trainer resumes it
+
+
+def test_head_settings_record_the_activation_and_old_results_folders_keep_relu(tiny_multiphase):
+    from nnunet_ext.architectures.base import PLANS_KEY, head_activation
+
+    tr = make_trainer(tiny_multiphase, fold=4)
+    settings = tr.plans_manager.plans[PLANS_KEY]
+    assert settings["cls_activation"] == "leaky_relu" == head_activation(settings)
+    old = {k: v for k, v in settings.items() if k != "cls_activation"}
+    assert head_activation(old) == "relu"
+    tr.initialize()
+    assert isinstance(tr.network.cls_head.mlp[1], torch.nn.LeakyReLU)
