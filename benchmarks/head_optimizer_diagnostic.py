@@ -112,13 +112,12 @@ def ds_targets(seg: torch.Tensor, strides) -> list[torch.Tensor]:
 def make_optimizer(kind: str, net, epochs: int, iterations: int):
     from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
-    from nnunet_ext.trainers.optim import make_hybrid_optimizer
+    from nnunet_ext.trainers.optim import default_warmup_iterations, make_hybrid_optimizer
 
     if kind == "nnunet_sgd":
         opt = torch.optim.SGD(net.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
         return opt, PolyLRScheduler(opt, 1e-2, epochs)
-    warmup = max(1, round(0.05 * epochs * iterations))
-    return make_hybrid_optimizer(net, 1e-2, 3e-5, 3e-4, 1e-4, epochs, warmup)
+    return make_hybrid_optimizer(net, 1e-2, 3e-5, 3e-4, 1e-4, epochs, default_warmup_iterations(epochs * iterations))
 
 
 @torch.no_grad()

@@ -49,7 +49,12 @@ from nnunet_ext.data.metadata import UNLABELED, DatasetMetadata
 from nnunet_ext.data.splits import write_stratified_splits_if_missing
 from nnunet_ext.evaluation.classification import classification_summary
 from nnunet_ext.trainers.logging import add_log_keys, plot_classification_progress
-from nnunet_ext.trainers.optim import HybridLRScheduler, auxiliary_parameters, make_hybrid_optimizer
+from nnunet_ext.trainers.optim import (
+    HybridLRScheduler,
+    auxiliary_parameters,
+    default_warmup_iterations,
+    make_hybrid_optimizer,
+)
 
 NETWORK_INPUT_KEYS = ("tabular", "text_embedding")
 
@@ -135,7 +140,7 @@ class MultiTaskTrainer(nnUNetTrainer):
     def warmup_iterations(self) -> int:
         if self.head_warmup_iterations is not None:
             return int(self.head_warmup_iterations)
-        return min(2500, max(1, round(0.05 * self.num_epochs * self.num_iterations_per_epoch)))
+        return default_warmup_iterations(self.num_epochs * self.num_iterations_per_epoch)
 
     def on_train_epoch_start(self):
         self._iteration_in_epoch = 0

@@ -188,6 +188,11 @@ class HybridLRScheduler:
         return [group["lr"] for group in self.optimizer.param_groups]
 
 
+def default_warmup_iterations(total_iterations: int) -> int:
+    """AdamW warm-up used by the trainers: 5% of all training iterations, at least 1, at most 2500."""
+    return min(2500, max(1, round(0.05 * total_iterations)))
+
+
 def make_hybrid_optimizer(network: nn.Module, sgd_lr: float, sgd_weight_decay: float, adamw_lr: float,
                           adamw_weight_decay: float, num_epochs: int, warmup_iterations: int,
                           ) -> tuple[HybridSGDAdamW, HybridLRScheduler]:
