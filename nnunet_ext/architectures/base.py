@@ -67,6 +67,16 @@ def head_activation(settings: dict) -> str:
     return settings.get("cls_activation", "relu")
 
 
+def head_network_kwargs(settings: dict, num_seg_outputs: int) -> dict[str, Any]:
+    """The head arguments every nnunet-ext network takes, from the plans block: ``num_cls_classes``,
+    ``cls_pool_channels`` (segmentation channels of the lesion labels) and ``cls_activation``."""
+    from nnunet_ext.architectures.blocks.heads import lesion_pool_channels
+
+    return {"num_cls_classes": settings["num_cls_classes"],
+            "cls_pool_channels": lesion_pool_channels(settings.get("lesion_labels"), num_seg_outputs),
+            "cls_activation": head_activation(settings)}
+
+
 def resolved_arch_kwargs(configuration_manager) -> dict[str, Any]:
     """The plans' ``arch_kwargs`` with the dotted-path entries (``conv_op``, ``norm_op``, ...) imported."""
     import pydoc

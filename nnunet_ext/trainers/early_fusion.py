@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_ext.architectures.base import head_activation, head_settings, resolved_arch_kwargs
-from nnunet_ext.architectures.blocks.heads import lesion_pool_channels
+from nnunet_ext.architectures.base import head_network_kwargs, head_settings, resolved_arch_kwargs
 from nnunet_ext.architectures.classifying_unet import ClassifyingUNet
 from nnunet_ext.trainers.multitask import MultiTaskTrainer
 
@@ -24,10 +23,7 @@ class EarlyFusionTrainer(MultiTaskTrainer):
         settings = head_settings(plans_manager.plans)
         net = ClassifyingUNet(num_input_channels, num_output_channels,
                               unet_class_name=configuration_manager.network_arch_class_name,
-                              num_cls_classes=settings["num_cls_classes"],
-                              cls_pool_channels=lesion_pool_channels(settings.get("lesion_labels"),
-                                                                     num_output_channels),
-                              cls_activation=head_activation(settings),
+                              **head_network_kwargs(settings, num_output_channels),
                               deep_supervision=enable_deep_supervision,
                               **resolved_arch_kwargs(configuration_manager))
         net.apply(net.initialize)

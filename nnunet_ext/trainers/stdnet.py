@@ -29,8 +29,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_ext.architectures.base import head_activation, head_settings, resolved_arch_kwargs
-from nnunet_ext.architectures.blocks.heads import lesion_pool_channels
+from nnunet_ext.architectures.base import head_network_kwargs, head_settings, resolved_arch_kwargs
 from nnunet_ext.architectures.stdnet import STDNet
 from nnunet_ext.trainers.multitask import MultiTaskTrainer
 
@@ -48,10 +47,8 @@ def build_stdnet(plans_manager: PlansManager, configuration_manager: Configurati
     if configuration_manager.network_arch_class_name != STDNET_CLASS_NAME:
         kwargs = {**kwargs, "encoder": "residual" if "n_blocks_per_stage" in kwargs else "plain",
                   **PAPER_TEMPORAL_SETTINGS}
-    kwargs.update(num_cls_classes=settings["num_cls_classes"], num_phases=settings["num_phases"],
-                  reference_phase=settings["reference_phase_index"], deep_supervision=enable_deep_supervision,
-                  cls_pool_channels=lesion_pool_channels(settings.get("lesion_labels"), num_output_channels),
-                  cls_activation=head_activation(settings))
+    kwargs.update(num_phases=settings["num_phases"], reference_phase=settings["reference_phase_index"],
+                  deep_supervision=enable_deep_supervision, **head_network_kwargs(settings, num_output_channels))
     kwargs.update(overrides)
     net = STDNet(num_input_channels, num_output_channels, **kwargs)
     net.apply(net.initialize)
