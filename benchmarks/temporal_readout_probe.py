@@ -1,0 +1,336 @@
+"""Can STD-Net's temporal modeler read the lesion class out of per-phase encoder features? A readout probe (CPU).
+
+On the synthetic multiphase comparison (``benchmarks/RESULTS.md``) STD-Net's Transformer head never learned (macro AUC
+0.50 / 0.50 / 0.43 in three runs) while the ConvGRU and early-fusion heads did. Joint training mixes many causes
+(the head pools with the network's own, still poor, lesion prediction; the U-Net and the head share an encoder; two
+optimizers). This probe removes all of them: the encoder is frozen, the per-phase bottleneck features of every case
+are computed once, each case is pooled over the bottleneck cells that hold its ground-truth lesion, and only a
+*readout* (temporal modeler + the characterisation head) is trained on the cached features. Every readout gets the
+same features, cells, weights, head (:class:`~nnunet_ext.architectures.blocks.heads.ClassificationHead`: 512,
+dropout 0.3), optimizer (AdamW, lr 3e-4, weight decay 1e-4, 5% linear warm-up then nnU-Net's poly, as the
+trainers use for these modules), batches and steps:
+
+* ``mean``: mean over phases (STD-Net's "no temporal modeler" ablation);
+* ``concat``: the phases' features concatenated (an order-aware linear baseline);
+* ``convgru``: :class:`~nnunet_ext.architectures.blocks.conv_gru.ConvGRU` over phases on the whole bottleneck grid
+  (the ConvGRU ablation), its final state pooled;
+* ``transformer``: :class:`~nnunet_ext.architectures.blocks.temporal_transformer.TemporalTransformer` exactly as in
+  STD-Net (paper: L=6, h=8, D=768, pre-norm, CLS output); variants change one thing each:
+  ``transformer_d256`` (D=256, h=4), ``transformer_l1`` (one layer), ``transformer_post_norm`` (post-norm, no final
+  LayerNorm), ``transformer_tokens`` (the head reads the concatenated output *phase* tokens instead of CLS),
+  ``transformer_lr1e-3`` (lr 1e-3);
+* ``intensity``: per phase, the mean intensity of the (reference-phase) lesion mask and of the liver around it
+  (6 numbers, standardised): how much of the class the enhancement curve itself carries.
+
+Encoder: STD-Net's shared encoder (nnU-Net topology for the patch, reduced widths) either at its initialisation
+(``--encoder-iterations 0``: random features) or after ``--encoder-iterations`` steps of segmentation-only training
+(nnU-Net's Dice + CE with deep supervision and its SGD, no classification loss, so the features are not tuned for
+the classes). The probe pools the ``--top-k`` bottleneck cells with the largest lesion fraction, weighted by that
+fraction (cells of a 4x6x6 bottleneck for 32x48x48 patches): this is STD-Net's lesion-weighted pooling with the ground
+truth in place of the prediction (``--pool-with prediction``: the frozen network's own predicted lesion probability,
+as at inference), restricted to the cells that carry weight so that the paper-size Transformer runs on a CPU.
+``--batch 2`` with 6x the steps gives the joint training's batch size for the same number of samples.
+
+Reported per readout and seed (JSON lines): train CE and validation macro one-vs-rest AUC every ``--eval-every`` steps.
+
+    python benchmarks/temporal_readout_probe.py --out readout_probe.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from head_optimizer_diagnostic import CLASSES, SPACING, ds_targets  # noqa: E402  (same folder)
+from stdnet_gpu import emit, nnunet_loss, nnunet_topology  # noqa: E402
+
+TRANSFORMER_VARIANTS = {
+    "transformer": {},
+    "transformer_d256": {"dim": 256, "heads": 4},
+    "transformer_l1": {"depth": 1},
+    "transformer_post_norm": {"norm_first": False},
+    "transformer_tokens": {"readout": "tokens"},
+    "transformer_lr1e-3": {"lr": 1e-3},
+}
+READOUTS = ("intensity", "mean", "concat", "convgru", *TRANSFORMER_VARIANTS)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n-train", type=int, default=96)
+    p.add_argument("--n-val", type=int, default=48)
+    p.add_argument("--shape", type=int, nargs=3, default=(32, 48, 48))
+    p.add_argument("--base-features", type=int, default=8)
+    p.add_argument("--max-features", type=int, default=64)
+    p.add_argument("--encoder-iterations", type=int, default=300,
+                   help="segmentation-only training steps of the encoder before freezing it (0: initial weights)")
+    p.add_argument("--top-k", type=int, default=8, help="bottleneck cells pooled per case (largest lesion fraction)")
+    p.add_argument("--pool-with", default="truth", choices=["truth", "prediction"],
+                   help="lesion weights from the ground truth or from the frozen network's own segmentation (as "
+                        "STD-Net pools at inference)")
+    p.add_argument("--readouts", nargs="+", default=list(READOUTS), choices=READOUTS)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=12)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--temporal-dim", type=int, default=768)
+    p.add_argument("--temporal-depth", type=int, default=6)
+    p.add_argument("--temporal-heads", type=int, default=8)
+    p.add_argument("--cache", default=None, help="folder for the cached features (reused when present)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def make_cases(n: int, shape, seed: int):
+    """Raw clipped images (n, 3, *shape), lesion+liver segmentation (n, *shape) and class indices (n,)."""
+    from nnunet_ext.conversion.synthetic_liver import synthesize_liver_case
+
+    rng = np.random.default_rng(seed)
+    images, segs, ys = [], [], []
+    for i in range(n):
+        case = synthesize_liver_case(rng, shape=shape, spacing=SPACING, class_name=CLASSES[i % len(CLASSES)],
+                                     with_text=False)
+        images.append(np.clip(case.image, -100, 300))
+        segs.append(case.seg)
+        ys.append(CLASSES.index(case.class_name))
+    return np.stack(images).astype(np.float32), np.stack(segs).astype(np.int64), np.array(ys)
+
+
+def intensity_features(images: np.ndarray, segs: np.ndarray) -> np.ndarray:
+    """(n, 2N): per phase the mean intensity inside the lesion mask and in the liver (label 1)."""
+    out = []
+    for img, seg in zip(images, segs):
+        lesion, liver = seg == 2, seg == 1
+        out.append([v for ph in img for v in (ph[lesion].mean() if lesion.any() else 0.0, ph[liver].mean())])
+    return np.asarray(out, dtype=np.float32)
+
+
+def build_encoder_network(shape, base: int, cap: int):
+    """STD-Net without head and with the parameter-free temporal mean (segmentation-only pre-training)."""
+    from nnunet_ext.architectures.stdnet import STDNet
+
+    topology = nnunet_topology(shape, SPACING, base, cap)
+    net = STDNet(3, 3, **topology, deep_supervision=True, num_cls_classes=0, num_phases=3, reference_phase=1,
+                 temporal="mean")
+    net.apply(net.initialize)
+    return net, topology
+
+
+def train_encoder(net, strides, x: torch.Tensor, segs: torch.Tensor, iterations: int, seed: int) -> list[float]:
+    """nnU-Net's segmentation training (Dice + CE, deep supervision, SGD 1e-2 / 0.99 Nesterov, poly per step)."""
+    loss_fn = nnunet_loss(len(strides) - 1)
+    opt = torch.optim.SGD(net.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for it in range(iterations):
+        for group in opt.param_groups:
+            group["lr"] = 1e-2 * (1 - it / iterations) ** 0.9
+        idx = torch.randint(0, len(x), (2,), generator=g)
+        loss = loss_fn(net(x[idx]), ds_targets(segs[idx, None], strides))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@torch.no_grad()
+def bottleneck_features(net, x: torch.Tensor, segs: torch.Tensor, top_k: int, pool_with: str = "truth") -> dict:
+    """Per case: the bottleneck grid (N, C, *S), the top-k cells by lesion fraction (ground truth, or the network's
+    predicted lesion probability with ``pool_with="prediction"``) and their pooling weights."""
+    from nnunet_ext.architectures.blocks.heads import LESION_POOL_FLOOR
+
+    net.eval()
+    grids, lesion = [], []
+    for i in range(0, len(x), 8):
+        feats = net._phase_features(x[i:i + 8])
+        grids.append(feats[-1])  # (b, N, C, *S)
+        if pool_with == "prediction":
+            ctx = net._temporal_context(feats[-1])[0]
+            logits = net.decoder(net._reference_skips(feats[:-1]) + [ctx])
+            lesion.append(torch.softmax(logits[0] if isinstance(logits, list) else logits, 1)[:, 2])
+    grids = torch.cat(grids)  # (n, N, C, *S)
+    lesion = torch.cat(lesion) if lesion else (segs == 2).float()
+    frac = F.adaptive_avg_pool3d(lesion[:, None], grids.shape[3:]).flatten(1)  # (n, L)
+    k = min(top_k, frac.shape[1])
+    vals, idx = frac.topk(k, dim=1)
+    w = vals + LESION_POOL_FLOOR
+    return {"grid": grids, "idx": idx, "weight": w / w.sum(1, keepdim=True), "lesion_fraction": vals}
+
+
+def pooled_truth_fraction(d: dict, segs: torch.Tensor) -> float:
+    """Mean ground-truth lesion fraction of the pooled cells, weighted as pooled (how well the pooling finds lesions)."""
+    truth = F.adaptive_avg_pool3d((segs == 2).float()[:, None], d["grid"].shape[3:]).flatten(1)
+    return round(float((truth.gather(1, d["idx"]) * d["weight"]).sum(1).mean()), 4)
+
+
+# ----------------------------------------------------------------------------------------------------- readouts
+class Readout(nn.Module):
+    """Temporal modeler + characterisation head on cached features. ``forward(batch)`` -> logits (B, K)."""
+
+    def __init__(self, kind: str, channels: int, num_phases: int, num_classes: int, args, intensity_dim: int = 0):
+        super().__init__()
+        from nnunet_ext.architectures.blocks.conv_gru import ConvGRU
+        from nnunet_ext.architectures.blocks.heads import ClassificationHead
+        from nnunet_ext.architectures.blocks.temporal_transformer import TemporalTransformer
+
+        self.kind, self.readout = kind, "cls"
+        self.temporal = None
+        if kind == "intensity":
+            width = intensity_dim
+        elif kind == "mean":
+            width = channels
+        elif kind == "concat":
+            width = num_phases * channels
+        elif kind == "convgru":
+            self.temporal = ConvGRU(nn.Conv3d, channels, channels, 3)
+            width = channels
+        else:
+            cfg = {"dim": args.temporal_dim, "depth": args.temporal_depth, "heads": args.temporal_heads,
+                   "norm_first": True, "readout": "cls", **TRANSFORMER_VARIANTS[kind]}
+            cfg.pop("lr", None)
+            self.readout = cfg.pop("readout")
+            self.temporal = TemporalTransformer(channels, num_phases, **cfg)
+            width = cfg["dim"] * (num_phases if self.readout == "tokens" else 1)
+        self.head = ClassificationHead(width, num_classes)
+
+    def features(self, batch: dict) -> torch.Tensor:
+        """(B, F): the pooled features the head reads."""
+        if self.kind == "intensity":
+            return batch["intensity"]
+        grid, idx, w = batch["grid"], batch["idx"], batch["weight"]  # (B, N, C, *S), (B, k), (B, k)
+        b, n, c = grid.shape[:3]
+        if self.kind == "convgru":
+            cells = self.temporal(grid).flatten(2)  # (B, C, L)
+            picked = cells.gather(2, idx[:, None].expand(-1, cells.shape[1], -1)).transpose(1, 2)  # (B, k, C)
+            return (picked * w[..., None]).sum(1)
+        flat = grid.flatten(3)  # (B, N, C, L)
+        tokens = flat.gather(3, idx[:, None, None].expand(-1, n, c, -1)).permute(0, 3, 1, 2)  # (B, k, N, C)
+        if self.kind == "mean":
+            cell = tokens.mean(2)
+        elif self.kind == "concat":
+            cell = tokens.flatten(2)
+        else:
+            z = self.temporal(tokens.reshape(-1, n, c)).unflatten(0, tokens.shape[:2])  # (B, k, N+1, D)
+            cell = z[:, :, 0] if self.readout == "cls" else z[:, :, 1:].flatten(2)
+        return (cell * w[..., None]).sum(1)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.head(self.features(batch))
+
+
+def take(data: dict, idx) -> dict:
+    return {k: v[idx] for k, v in data.items() if k not in ("y",)}
+
+
+def train_readout(kind: str, train: dict, val: dict, args, seed: int) -> list[dict]:
+    from nnunet_ext.evaluation.classification import classification_summary
+    from nnunet_ext.trainers.optim import default_warmup_iterations
+
+    torch.manual_seed(seed)
+    channels, n = train["grid"].shape[2], train["grid"].shape[1]
+    model = Readout(kind, channels, n, len(CLASSES), args, train["intensity"].shape[1])
+    lr = TRANSFORMER_VARIANTS.get(kind, {}).get("lr", args.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=args.weight_decay)
+    warm = default_warmup_iterations(args.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else (1 - s / args.steps) ** 0.9)
+    g = torch.Generator().manual_seed(seed + 7)
+    records, losses, t0 = [], [], time.perf_counter()
+    for step in range(1, args.steps + 1):
+        idx = torch.randint(0, len(train["y"]), (args.batch,), generator=g)
+        loss = F.cross_entropy(model(take(train, idx)), train["y"][idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 12)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if step % args.eval_every == 0 or step == args.steps:
+            model.eval()
+            with torch.no_grad():
+                feats = model.features(take(val, slice(None)))
+                probs = torch.softmax(model.head(feats), 1).numpy()
+            model.train()
+            s = classification_summary(val["y"].numpy(), probs, list(CLASSES))
+            rec = {"readout": kind, "seed": seed, "step": step, "train_ce": round(float(np.mean(losses)), 4),
+                   "val_auc": round(float(s["auc_ovr_macro"]), 4), "val_accuracy": round(float(s["accuracy"]), 4),
+                   "val_feature_std": round(float(feats.std(0).mean()), 5),
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            records.append(rec)
+            losses = []
+            emit(rec, args.out)
+    return records
+
+
+def prepare(args) -> tuple[dict, dict, dict]:
+    """Cached features (train, val) and a record describing the encoder."""
+    cache = Path(args.cache) / "features.pt" if args.cache else None
+    key = {"shape": list(args.shape), "n_train": args.n_train, "n_val": args.n_val, "base": args.base_features,
+           "cap": args.max_features, "encoder_iterations": args.encoder_iterations, "top_k": args.top_k,
+           "pool_with": args.pool_with}
+    if cache is not None and cache.is_file():
+        stored = torch.load(cache, weights_only=False)
+        if stored["key"] == key:
+            return stored["train"], stored["val"], {**stored["info"], "cached": True}
+    t0 = time.perf_counter()
+    img_tr, seg_tr, y_tr = make_cases(args.n_train, args.shape, 0)
+    img_va, seg_va, y_va = make_cases(args.n_val, args.shape, 1000)
+    mean, std = img_tr.mean(), img_tr.std()  # one normalisation, from the training cases (nnU-Net-like z-score)
+    x_tr, x_va = (torch.from_numpy((a - mean) / std) for a in (img_tr, img_va))
+    s_tr, s_va = torch.from_numpy(seg_tr), torch.from_numpy(seg_va)
+    torch.manual_seed(0)
+    net, topology = build_encoder_network(args.shape, args.base_features, args.max_features)
+    losses = train_encoder(net, topology["strides"], x_tr, s_tr, args.encoder_iterations, 0) \
+        if args.encoder_iterations else []
+    inten_tr, inten_va = intensity_features(img_tr, seg_tr), intensity_features(img_va, seg_va)
+    mu, sd = inten_tr.mean(0), inten_tr.std(0) + 1e-6
+    out = []
+    for x, s, y, inten in ((x_tr, s_tr, y_tr, inten_tr), (x_va, s_va, y_va, inten_va)):
+        d = bottleneck_features(net, x, s, args.top_k, args.pool_with)
+        d["intensity"] = torch.from_numpy((inten - mu) / sd)
+        d["y"] = torch.from_numpy(y)
+        out.append(d)
+    info = {"record": "encoder", "encoder_iterations": args.encoder_iterations,
+            "seg_loss_first_last_25": [round(float(np.mean(losses[:25])), 4), round(float(np.mean(losses[-25:])), 4)]
+            if losses else None, "bottleneck": list(out[0]["grid"].shape[1:]),
+            "mean_lesion_fraction_topk": round(float(out[0]["lesion_fraction"].mean()), 4),
+            "cases_without_lesion": int((out[0]["lesion_fraction"][:, 0] == 0).sum()),
+            "pool_with": args.pool_with, "truth_lesion_fraction_of_pooled_cells": pooled_truth_fraction(out[0], s_tr),
+            "seconds": round(time.perf_counter() - t0, 1)}
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": key, "train": out[0], "val": out[1], "info": info}, cache)
+    return out[0], out[1], info
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    emit({"record": "config", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+          "torch": torch.__version__}, args.out)
+    train, val, info = prepare(args)
+    emit(info, args.out)
+    for seed in args.seeds:
+        for kind in args.readouts:
+            train_readout(kind, train, val, args, seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The temporal readout probe runs end to end at toy size, pools the lesion cells it claims to, and reuses its cache."""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1].parent
+
+
+@pytest.fixture()
+def probe(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import temporal_readout_probe
+
+    n = torch.get_num_threads()
+    yield temporal_readout_probe
+    torch.set_num_threads(n)
+
+
+TINY = ["--n-train", "6", "--n-val", "6", "--shape", "16", "32", "32", "--base-features", "4", "--max-features", "8",
+        "--encoder-iterations", "2", "--steps", "4", "--eval-every", "2", "--batch", "4", "--threads", "1",
+        "--temporal-dim", "16", "--temporal-depth", "2", "--temporal-heads", "2"]
+
+
+def test_every_readout_trains_and_the_cache_is_reused(probe, tmp_path):
+    out, cache = tmp_path / "probe.jsonl", tmp_path / "cache"
+    assert probe.main(TINY + ["--cache", str(cache), "--out", str(out)]) == 0
+    config, encoder, *records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert config["readouts"] == list(probe.READOUTS)
+    assert encoder["record"] == "encoder" and encoder["cases_without_lesion"] == 0
+    assert len(encoder["seg_loss_first_last_25"]) == 2
+    assert [(r["readout"], r["step"]) for r in records] == [(k, s) for k in probe.READOUTS for s in (2, 4)]
+    for r in records:
+        assert 0.0 <= r["val_auc"] <= 1.0 and r["train_ce"] > 0
+    # second run: same key -> the cached features, no encoder training
+    out2 = tmp_path / "probe2.jsonl"
+    assert probe.main(TINY + ["--cache", str(cache), "--out", str(out2), "--readouts", "mean"]) == 0
+    encoder2 = json.loads(out2.read_text(encoding="utf-8").splitlines()[1])
+    assert encoder2["cached"] is True and encoder2["bottleneck"] == encoder["bottleneck"]
+    first = [json.loads(line) for line in out2.read_text(encoding="utf-8").splitlines()[2:]]
+    assert first == [r for r in records if r["readout"] == "mean"]  # same seed, same cached features
+
+
+def test_readouts_pool_the_selected_cells_with_their_weights(probe):
+    args = Namespace(temporal_dim=16, temporal_depth=1, temporal_heads=2)
+    b, n, c = 2, 3, 4
+    grid = torch.zeros(b, n, c, 2, 2, 2)
+    grid[0, :, :, 1, 1, 1] = torch.arange(n * c, dtype=torch.float32).view(n, c)  # cell 7
+    grid[1, :, :, 0, 0, 0] = 1.0  # cell 0
+    batch = {"grid": grid, "idx": torch.tensor([[7, 0], [0, 5]]), "weight": torch.tensor([[0.75, 0.25], [1.0, 0.0]]),
+             "intensity": torch.zeros(b, 6)}
+    mean = probe.Readout("mean", c, n, 3, args).features(batch)
+    torch.testing.assert_close(mean[0], 0.75 * grid[0, :, :, 1, 1, 1].mean(0))
+    torch.testing.assert_close(mean[1], torch.ones(c))
+    concat = probe.Readout("concat", c, n, 3, args).features(batch)
+    torch.testing.assert_close(concat[0], 0.75 * grid[0, :, :, 1, 1, 1].flatten())
+    # the transformer readouts are STD-Net's own module, configured as the variant says
+    paper = probe.Readout("transformer", c, n, 3, args)
+    assert type(paper.temporal).__name__ == "TemporalTransformer" and paper.temporal.dim == 16
+    assert probe.Readout("transformer_d256", c, n, 3, args).temporal.dim == 256
+    assert not probe.Readout("transformer_post_norm", c, n, 3, args).temporal.norm_first
+    tokens = probe.Readout("transformer_tokens", c, n, 3, args)
+    assert tokens.features(batch).shape == (b, n * 16)
+    assert paper.features(batch).shape == (b, 16)
+
+
+
+def test_pooled_cells_are_the_top_cells_of_the_truth_or_of_the_prediction(probe):
+    torch.manual_seed(0)
+    net, _ = probe.build_encoder_network((16, 32, 32), 4, 8)
+    x = torch.randn(2, 3, 16, 32, 32)
+    grid_shape = net._phase_features(x[:1])[-1].shape[3:]
+    cz, cy, cx = (s // g for s, g in zip(x.shape[2:], grid_shape))  # voxels per bottleneck cell
+    segs = torch.zeros(2, 16, 32, 32, dtype=torch.long)
+    segs[0, :cz, :cy, :cx] = 2  # exactly the first bottleneck cell of case 0
+    segs[1, -cz:, -cy:, -cx:] = 2  # exactly the last cell of case 1
+    truth = probe.bottleneck_features(net, x, segs, top_k=3)
+    assert truth["grid"].shape[:3] == (2, 3, 8)
+    assert truth["idx"][0, 0] == 0 and truth["idx"][1, 0] == truth["grid"][0, 0, 0].numel() - 1
+    assert truth["weight"][:, 0].min() > 0.99  # one lesion cell: (almost) all the weight
+    torch.testing.assert_close(truth["weight"].sum(1), torch.ones(2))
+    pred = probe.bottleneck_features(net, x, segs, top_k=3, pool_with="prediction")
+    with torch.no_grad():
+        prob = torch.softmax(net(x)[0], 1)[:, 2:3]
+    cells = torch.nn.functional.adaptive_avg_pool3d(prob, truth["grid"].shape[3:]).flatten(1)
+    assert torch.equal(pred["idx"], cells.topk(3, dim=1).indices)
+    torch.testing.assert_close(pred["grid"], truth["grid"])  # same features, other cells
