@@ -55,6 +55,7 @@ from nnunet_ext.trainers.optim import (
     default_warmup_iterations,
     make_hybrid_optimizer,
 )
+from nnunet_ext.trainers.seeding import EnvSeededTrainer
 
 NETWORK_INPUT_KEYS = ("tabular", "text_embedding")
 
@@ -76,7 +77,7 @@ class _HeadShim:
         return getattr(self.network, name)
 
 
-class MultiTaskTrainer(nnUNetTrainer):
+class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
     """Base class of every nnunet-ext trainer with a case-level head. Subclasses implement
     ``build_network_architecture``; variants change the class attributes below."""
 

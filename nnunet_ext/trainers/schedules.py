@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nnunet_ext.trainers.seeding import with_env_seed
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -65,7 +67,7 @@ def with_schedule(base: type, schedule_name: str) -> type:
                  "__doc__": f"{base.__name__} with schedule {schedule_name!r}: {sched}."}
     if sched.progress_bar:
         namespace.update(_progress_bar_hooks(base))
-    return type(name, (base,), namespace)
+    return type(name, with_env_seed(base), namespace)
 
 
 def _progress_bar_hooks(base: type) -> dict:
