@@ -17,6 +17,11 @@ head), and records what happens inside the head:
 * ``cls_loss``: mean training CE over the last logging interval; ``train_auc`` / ``val_auc``: macro one-vs-rest AUC on
   the probe (training) cases and on held-out cases.
 
+Two switches test why the Transformer's CLS path stays flat in joint training while the same module learns on
+frozen features (``benchmarks/temporal_readout_probe.py``): ``--train-pool truth`` lets the head pool with the
+ground-truth lesion mask during training (not the still poor prediction), ``--detach-reference`` stops the
+segmentation gradient from entering the Transformer through the decoded reference-phase token.
+
 Data: ``synthesize_liver_case`` volumes (3 phases, misaligned by up to 3 mm / 3 deg, 3 classes), CT-windowed and
 z-scored, whole volumes as patches. Loss: nnU-Net's Dice + CE with deep supervision + CE on the class logits
 (lesion-containing cases only, as the trainer does), gradient clipping at 12, fp32. Network: STD-Net with nnU-Net's
@@ -62,6 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temporal", default="transformer", choices=["transformer", "convgru", "mean"])
     p.add_argument("--freeze-cls-token", action="store_true",
                    help="keep the CLS token and its positional embedding at their initial values")
+    p.add_argument("--train-pool", default="prediction", choices=["prediction", "truth"],
+                   help="truth: during training the head pools with the ground-truth lesion mask instead of the "
+                        "network's prediction (the probes keep pooling with the prediction, as at inference)")
+    p.add_argument("--detach-reference", action="store_true",
+                   help="the decoder's reference-phase token does not back-propagate into the Transformer, which is "
+                        "then trained by the classification loss alone")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
@@ -153,6 +164,30 @@ def probe(net, x, y) -> dict:
     return out
 
 
+def truth_logits(seg: torch.Tensor, num_classes: int = 3) -> torch.Tensor:
+    """Segmentation (B, 1, *S) -> logits whose softmax is the one-hot ground truth (for ``lesion_weighted_pool``)."""
+    return F.one_hot(seg[:, 0], num_classes).movedim(-1, 1).float() * 100.0
+
+
+def training_forward(net, x: torch.Tensor, seg: torch.Tensor, train_pool: str) -> dict:
+    """``net(x, return_heads=True)``; with ``train_pool="truth"`` the head pools with the ground truth instead."""
+    if train_pool == "prediction":
+        return net(x, return_heads=True)
+    from unittest import mock
+
+    import nnunet_ext.architectures.stdnet as stdnet_module
+
+    pool, truth = stdnet_module.lesion_weighted_pool, truth_logits(seg)
+    with mock.patch.object(stdnet_module, "lesion_weighted_pool", lambda f, _seg, ch: pool(f, truth, ch)):
+        return net(x, return_heads=True)
+
+
+def detach_reference(net) -> None:
+    """Cut the input of ``temporal_out`` (the reference-phase token the decoder reads) from the autograd graph:
+    ``temporal_out`` still learns, the Transformer gets no segmentation gradient."""
+    net.temporal_out.register_forward_pre_hook(lambda _module, inputs: tuple(i.detach() for i in inputs))
+
+
 def train(kind: str, net0, strides, data, val, args) -> list[dict]:
     torch.manual_seed(args.seed)
     net = copy.deepcopy(net0)
@@ -167,7 +202,7 @@ def train(kind: str, net0, strides, data, val, args) -> list[dict]:
         if hasattr(sched, "step_iteration"):
             sched.step_iteration(it)
         idx = torch.randint(0, len(x), (2,), generator=g)
-        out = net(x[idx], return_heads=True)
+        out = training_forward(net, x[idx], segs[idx], args.train_pool)
         l_seg = loss_fn(out["seg"], ds_targets(segs[idx], strides))
         lesion = (segs[idx] == 2).flatten(1).any(1).float()
         ce = F.cross_entropy(out["cls"], y[idx], reduction="none")
@@ -202,6 +237,8 @@ def main(argv=None) -> int:
     emit({"record": "config", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
            "torch": torch.__version__, "params_M": round(sum(p.numel() for p in net0.parameters()) / 1e6, 2)},
           args.out)
+    if args.detach_reference:
+        detach_reference(net0)
     if args.freeze_cls_token:
         net0.temporal.cls_token.requires_grad_(False)
         net0.temporal.pos_embed.requires_grad_(False)

@@ -33,3 +33,35 @@ def test_diagnostic_trains_both_optimizers_from_the_same_start(monkeypatch, tmp_
     for r in records:
         assert 0.0 <= r["train_dead_hidden"] <= 1.0 and r["train_logit_std"] >= 0.0
         assert len(r["train_cls_self_attention"]) == 6  # the paper's 6 layers
+
+
+def test_truth_pooling_and_detached_reference_change_only_what_they_say(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import head_optimizer_diagnostic as diag
+
+    from nnunet_ext.architectures.blocks.heads import lesion_weighted_pool
+
+    torch.manual_seed(0)
+    net, strides = diag.build_network((16, 32, 32), 4, 8)
+    net.eval()  # no dropout: outputs comparable
+    x = torch.randn(2, 3, 16, 32, 32)
+    seg = torch.zeros(2, 1, 16, 32, 32, dtype=torch.long)
+    seg[:, :, 4:12, 8:24, 8:24] = 1
+    seg[0, :, 6:10, 10:14, 10:14] = 2
+    seg[1, :, 6:10, 18:22, 18:22] = 2
+    with torch.no_grad():
+        plain = diag.training_forward(net, x, seg, "prediction")
+        truth = diag.training_forward(net, x, seg, "truth")
+        ctx, cls_feat, _ = net._temporal_context(net._phase_features(x)[-1])
+        expected = net.cls_head(lesion_weighted_pool(cls_feat, diag.truth_logits(seg), [2]))
+    for a, b in zip(plain["seg"], truth["seg"]):
+        torch.testing.assert_close(a, b)  # segmentation untouched
+    torch.testing.assert_close(truth["cls"], expected)
+    assert not torch.allclose(plain["cls"], truth["cls"])
+    # detached reference: a segmentation-only loss gives the Transformer no gradient, temporal_out still learns
+    net.train()
+    diag.detach_reference(net)
+    out = net(x, return_heads=True)
+    diag.nnunet_loss(len(strides) - 1)(out["seg"], diag.ds_targets(seg, strides)).backward()
+    assert all(p.grad is None or not p.grad.any() for p in net.temporal.parameters())
+    assert net.temporal_out.weight.grad.abs().sum() > 0
