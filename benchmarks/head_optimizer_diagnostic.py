@@ -79,8 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def make_data(n: int, shape, seed: int):
-    """(images (n, 3, *shape) float32 normalised, segs (n, 1, *shape) int64, class targets (n,))."""
+def make_cases(n: int, shape, seed: int):
+    """``synthesize_liver_case`` volumes, classes in turn: CT-windowed images (n, 3, *shape) float32 in [-100, 300],
+    segmentations (n, *shape) int64 (1 liver, 2 lesion) and class indices (n,) int64."""
     from nnunet_ext.conversion.synthetic_liver import synthesize_liver_case
 
     rng = np.random.default_rng(seed)
@@ -89,12 +90,16 @@ def make_data(n: int, shape, seed: int):
         case = synthesize_liver_case(rng, shape=shape, spacing=SPACING, class_name=CLASSES[i % len(CLASSES)],
                                      with_text=False)
         images.append(case.image)
-        segs.append(case.seg[None])
+        segs.append(case.seg)
         ys.append(CLASSES.index(case.class_name))
-    x = np.clip(np.stack(images), -100, 300)
+    return np.clip(np.stack(images), -100, 300), np.stack(segs).astype(np.int64), np.array(ys, dtype=np.int64)
+
+
+def make_data(n: int, shape, seed: int):
+    """(images (n, 3, *shape) float32 z-scored over the set, segs (n, 1, *shape) int64, class targets (n,))."""
+    x, segs, ys = make_cases(n, shape, seed)
     x = (x - x.mean()) / x.std()
-    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(np.stack(segs).astype(np.int64)), \
-        torch.tensor(ys)
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(segs[:, None]), torch.from_numpy(ys)
 
 
 def build_network(shape, base: int, cap: int, activation: str = "leaky_relu", **overrides):

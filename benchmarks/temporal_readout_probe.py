@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from head_optimizer_diagnostic import CLASSES, SPACING, ds_targets  # noqa: E402  (same folder)
+from head_optimizer_diagnostic import CLASSES, SPACING, ds_targets, make_cases  # noqa: E402  (same folder)
 from stdnet_gpu import emit, nnunet_loss, nnunet_topology  # noqa: E402
 
 TRANSFORMER_VARIANTS = {
@@ -94,21 +94,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------------------- data
-def make_cases(n: int, shape, seed: int):
-    """Raw clipped images (n, 3, *shape), lesion+liver segmentation (n, *shape) and class indices (n,)."""
-    from nnunet_ext.conversion.synthetic_liver import synthesize_liver_case
-
-    rng = np.random.default_rng(seed)
-    images, segs, ys = [], [], []
-    for i in range(n):
-        case = synthesize_liver_case(rng, shape=shape, spacing=SPACING, class_name=CLASSES[i % len(CLASSES)],
-                                     with_text=False)
-        images.append(np.clip(case.image, -100, 300))
-        segs.append(case.seg)
-        ys.append(CLASSES.index(case.class_name))
-    return np.stack(images).astype(np.float32), np.stack(segs).astype(np.int64), np.array(ys)
-
-
 def intensity_features(images: np.ndarray, segs: np.ndarray) -> np.ndarray:
     """(n, 2N): per phase the mean intensity inside the lesion mask and in the liver (label 1)."""
     out = []
@@ -173,7 +158,7 @@ def bottleneck_features(net, x: torch.Tensor, segs: torch.Tensor, top_k: int, po
 
 
 def pooled_truth_fraction(d: dict, segs: torch.Tensor) -> float:
-    """Mean ground-truth lesion fraction of the pooled cells, weighted as pooled (how well the pooling finds lesions)."""
+    """Mean ground-truth lesion fraction of the pooled cells, weighted as pooled (how well pooling finds lesions)."""
     truth = F.adaptive_avg_pool3d((segs == 2).float()[:, None], d["grid"].shape[3:]).flatten(1)
     return round(float((truth.gather(1, d["idx"]) * d["weight"]).sum(1).mean()), 4)
 
