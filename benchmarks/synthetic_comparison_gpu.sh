@@ -4,7 +4,7 @@
 # fold 0, schedule gpu2500 (50 epochs x 50 iterations) for every method, six trainings at once, then the benchmark.
 # From the repository root on the GPU machine:
 #   bash benchmarks/synthetic_comparison_gpu.sh WORKSPACE [COPY_TO] [EXTRA ARGUMENTS]
-# EXTRA ARGUMENTS go to examples/synthetic_comparison.py (e.g. --controls --jobs 7 adds the all-SGD STD-Net control).
+# EXTRA ARGUMENTS go to examples/synthetic_comparison.py (e.g. --controls --jobs 8 adds the prediction-pooling and all-SGD STD-Net controls).
 # COPY_TO (optional) receives the report, the logs and the results folders without checkpoints, every 30 s during
 # the run and at the end (for a machine whose workspace is not kept).
 set -uo pipefail

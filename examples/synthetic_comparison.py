@@ -7,9 +7,11 @@ multiphase liver CT with inter-phase misalignment, same schedule and folds for e
 
 Methods (trainer, plans): nnUNetTrainer (vanilla nnU-Net, segmentation only; the reference), EarlyFusionTrainer
 (nnU-Net + head: the "joint 4D CNN"), STDNetTrainer, STDNetTrainer_noTemporal, STDNetTrainer_noWeightSharing,
-STDNetTrainer_ConvGRU; with ``--controls`` also STDNetTrainer_nnUNetSGD (every parameter with nnU-Net's SGD
-instead of AdamW for the temporal modeler and head: the optimizer control). STD-Net uses ``STDNetPlans`` on a GPU
-(paper-size temporal modeler) and ``STDNetPlansCPU`` (reduced temporal modeler) on a CPU. The benchmark report
+STDNetTrainer_ConvGRU; with ``--controls`` also STDNetTrainer_predictionPool (the head pools with the predicted
+lesion in training steps too, instead of the ground truth: the pooling control) and STDNetTrainer_nnUNetSGD (every
+parameter with nnU-Net's SGD instead of AdamW for the temporal modeler and head: the optimizer control). STD-Net
+uses ``STDNetPlans`` on a GPU (paper-size temporal modeler) and ``STDNetPlansCPU`` (reduced temporal modeler) on a
+CPU. The benchmark report
 (``nnunet-ext benchmark`` with STDNetTrainer as the full model of the ablation chart) is written to ``<output>/report``.
 
 The STD-Net paper's ablation ordering (without temporal modeler worst) is the hypothesis, not the expected answer.
@@ -35,7 +37,7 @@ DATASET_ID = 510
 STD_VARIANTS = ("STDNetTrainer", "STDNetTrainer_noTemporal", "STDNetTrainer_noWeightSharing", "STDNetTrainer_ConvGRU")
 
 
-CONTROLS = ("STDNetTrainer_nnUNetSGD",)
+CONTROLS = ("STDNetTrainer_predictionPool", "STDNetTrainer_nnUNetSGD")
 
 
 def methods(schedule: str, stdnet_plans: str, controls: bool = False) -> list[tuple[str, str]]:
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("-device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="trainings run at once (one process each; useful on a GPU)")
-    p.add_argument("--controls", action="store_true", help="also train the optimizer control STDNetTrainer_nnUNetSGD")
+    p.add_argument("--controls", action="store_true",
+                   help="also train the controls STDNetTrainer_predictionPool and STDNetTrainer_nnUNetSGD")
     p.add_argument("--smoke", action="store_true", help="tiny data and the smoke schedule (CI)")
     args = p.parse_args(argv)
     if args.smoke:

@@ -32,9 +32,10 @@ class ClassifyingUNet(nn.Module):
         deep_supervision: nnU-Net's deep supervision switch.
         **unet_kwargs: the plans' ``arch_kwargs`` (ops already resolved to classes).
 
-    ``forward(x)``: x (B, C, *spatial) -> segmentation logits. ``forward(x, return_heads=True, tabular=None)`` -> dict
-    with ``seg``, ``cls`` (B, num_cls_classes) and empty ``aux_losses``. ``auxiliary_modules``: the head (trained with
-    AdamW by the trainers, the U-Net with nnU-Net's SGD).
+    ``forward(x)``: x (B, C, *spatial) -> segmentation logits. ``forward(x, return_heads=True, tabular=None,
+    lesion_mask=None)`` -> dict with ``seg``, ``cls`` (B, num_cls_classes) and empty ``aux_losses``; ``lesion_mask``
+    (B, 1, *spatial) pools with the given (ground-truth) lesion mask instead of the prediction (training).
+    ``auxiliary_modules``: the head (trained with AdamW by the trainers, the U-Net with nnU-Net's SGD).
     """
 
     auxiliary_modules = ("cls_head",)
@@ -57,14 +58,15 @@ class ClassifyingUNet(nn.Module):
         self.cls_head = ClassificationHead(bottleneck, num_cls_classes, cls_hidden, cls_dropout, num_tabular,
                                            cls_activation) if num_cls_classes > 0 else None
 
-    def forward(self, x: torch.Tensor, return_heads: bool = False, tabular: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, return_heads: bool = False, tabular: torch.Tensor | None = None,
+                lesion_mask: torch.Tensor | None = None):
         skips = self.encoder(x)
         seg = self.decoder(skips)
         if not return_heads:
             return seg
         cls = None
         if self.cls_head is not None:
-            cls = self.cls_head(lesion_weighted_pool(skips[-1], seg, self.cls_pool_channels), tabular)
+            cls = self.cls_head(lesion_weighted_pool(skips[-1], seg, self.cls_pool_channels, lesion_mask), tabular)
         return {"seg": seg, "cls": cls, "aux_losses": {}}
 
     def compute_conv_feature_map_size(self, input_size) -> int:

@@ -103,10 +103,12 @@ class STDNet(nn.Module):
             (:func:`~nnunet_ext.architectures.blocks.heads.lesion_weighted_pool`); None: the mean over locations.
 
     ``forward(x)``: x (B, N*c, Z, Y, X) (or 2D) -> logits (B, num_classes, Z, Y, X), a list under deep supervision.
-    ``forward(x, return_heads=True[, return_attention=True][, tabular=(B, T)])`` -> dict with ``seg``, ``cls``
-    (B, K) or None, ``aux_losses`` ({}) and with ``return_attention`` ``attention``: the last temporal layer's weights
-    (B, L_b, h, N+1, N+1) (L_b bottleneck locations in C order, token 0 = CLS, rows sum to 1; None unless
-    ``temporal="transformer"``).
+    ``forward(x, return_heads=True[, return_attention=True][, tabular=(B, T)][, lesion_mask=(B, 1, *S)])`` -> dict
+    with ``seg``, ``cls`` (B, K) or None, ``aux_losses`` ({}) and with ``return_attention`` ``attention``: the last
+    temporal layer's weights (B, L_b, h, N+1, N+1) (L_b bottleneck locations in C order, token 0 = CLS, rows sum to 1;
+    None unless ``temporal="transformer"``). ``lesion_mask``: pool the head's CLS tokens with this (ground-truth)
+    lesion mask instead of the predicted lesion probability (training, see
+    :func:`~nnunet_ext.architectures.blocks.heads.lesion_weighted_pool`).
 
     ``auxiliary_modules``: the modules nnU-Net's U-Net does not have; the trainers optimise them with AdamW
     (:mod:`nnunet_ext.trainers.optim`), the encoder and decoder with nnU-Net's SGD.
@@ -224,7 +226,7 @@ class STDNet(nn.Module):
         return [fuse(f) for fuse, f in zip(self.skip_fusion, feats)]
 
     def forward(self, x: torch.Tensor, return_heads: bool = False, return_attention: bool = False,
-                tabular: torch.Tensor | None = None):
+                tabular: torch.Tensor | None = None, lesion_mask: torch.Tensor | None = None):
         feats = self._phase_features(x)
         ctx, cls_feat, weights = self._temporal_context(feats[-1], return_attention and return_heads)
         seg = self.decoder(self._reference_skips(feats[:-1]) + [ctx])
@@ -232,7 +234,7 @@ class STDNet(nn.Module):
             return seg
         cls = None
         if self.cls_head is not None:
-            cls = self.cls_head(lesion_weighted_pool(cls_feat, seg, self.cls_pool_channels), tabular)
+            cls = self.cls_head(lesion_weighted_pool(cls_feat, seg, self.cls_pool_channels, lesion_mask), tabular)
         out = {"seg": seg, "cls": cls, "aux_losses": {}}
         if return_attention:
             out["attention"] = weights[-1] if weights else None

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_ext.trainers.early_fusion import EarlyFusionTrainer, EarlyFusionTrainer_nnUNetSGD
+from nnunet_ext.trainers.early_fusion import (
+    EarlyFusionTrainer,
+    EarlyFusionTrainer_nnUNetSGD,
+    EarlyFusionTrainer_predictionPool,
+)
 from nnunet_ext.trainers.multitask import MultiTaskTrainer
 from nnunet_ext.trainers.schedules import SCHEDULES, schedule_variants
 from nnunet_ext.trainers.stdnet import (
@@ -16,17 +20,20 @@ from nnunet_ext.trainers.stdnet import (
     STDNetTrainer_noTemporal,
     STDNetTrainer_noWeightSharing,
     STDNetTrainer_paperLoss,
+    STDNetTrainer_predictionPool,
 )
 
 # vanilla nnU-Net with only the schedule changed (the segmentation reference on the same short schedules)
-_BASES = (nnUNetTrainer, EarlyFusionTrainer, EarlyFusionTrainer_nnUNetSGD, *STDNET_TRAINERS)
+_BASES = (nnUNetTrainer, EarlyFusionTrainer, EarlyFusionTrainer_nnUNetSGD, EarlyFusionTrainer_predictionPool,
+          *STDNET_TRAINERS)
 _VARIANTS = {k: v for k, v in schedule_variants(*_BASES).items()
              if not k.endswith(("epoch", "epochs")) or not k.startswith("nnUNetTrainer_")}
 globals().update(_VARIANTS)
 
-__all__ = ["MultiTaskTrainer", "EarlyFusionTrainer", "EarlyFusionTrainer_nnUNetSGD", "STDNetTrainer",
-           "STDNetTrainer_noTemporal", "STDNetTrainer_noWeightSharing", "STDNetTrainer_ConvGRU",
-           "STDNetTrainer_paperLoss", "STDNetTrainer_nnUNetSGD", "SCHEDULES", *sorted(_VARIANTS)]
+__all__ = ["MultiTaskTrainer", "EarlyFusionTrainer", "EarlyFusionTrainer_nnUNetSGD",
+           "EarlyFusionTrainer_predictionPool", "STDNetTrainer", "STDNetTrainer_noTemporal",
+           "STDNetTrainer_noWeightSharing", "STDNetTrainer_ConvGRU", "STDNetTrainer_paperLoss",
+           "STDNetTrainer_nnUNetSGD", "STDNetTrainer_predictionPool", "SCHEDULES", *sorted(_VARIANTS)]
 
 
 def trainer_discovery_path() -> str:

@@ -35,3 +35,10 @@ class EarlyFusionTrainer_nnUNetSGD(EarlyFusionTrainer):
     :class:`~nnunet_ext.trainers.stdnet.STDNetTrainer_nnUNetSGD`)."""
 
     head_optimizer = "sgd"
+
+
+class EarlyFusionTrainer_predictionPool(EarlyFusionTrainer):
+    """Early fusion whose head pools with the predicted lesion probability in training steps too (control; see
+    :class:`~nnunet_ext.trainers.stdnet.STDNetTrainer_predictionPool`)."""
+
+    head_pool_in_training = "prediction"

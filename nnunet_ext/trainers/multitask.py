@@ -26,6 +26,15 @@ The trainer overrides nnU-Net hooks; it never copies nnU-Net's training loop:
   decay: :mod:`nnunet_ext.trainers.optim`. ``head_optimizer = "sgd"`` (the ``*_nnUNetSGD`` trainers) trains every
   parameter with nnU-Net's SGD, under which STD-Net's transformer head collapsed to constant logits on the synthetic
   GPU comparison.
+* **Head pooling in training.** The heads pool their features weighted by the lesion
+  (:func:`~nnunet_ext.architectures.blocks.heads.lesion_weighted_pool`). At inference and in the per-epoch
+  validation the weights are the network's own predicted lesion probability. In training steps,
+  ``head_pool_in_training = "truth"`` (default) uses the patch's ground-truth lesion voxels instead: the STD-Net paper
+  trains its characterisation head on lesion-centred inputs, and early in training the predicted lesion map is still
+  noise, so a head pooled with it learns from parenchyma and (CPU diagnostic in ``benchmarks/RESULTS.md``) STD-Net's
+  Transformer then flattens its CLS output for good. ``"prediction"`` (the ``*_predictionPool`` trainers) pools
+  with the prediction in training too. Region-based datasets, and networks without lesion pooling, always use the
+  prediction (or the mean).
 * **DDP** also works on CPU with the gloo backend (tests), where stock nnU-Net assumes CUDA.
 """
 
@@ -54,10 +63,12 @@ from nnunet_ext.trainers.optim import (
     auxiliary_parameters,
     default_warmup_iterations,
     make_hybrid_optimizer,
+    unwrap,
 )
 from nnunet_ext.trainers.seeding import EnvSeededTrainer
 
 NETWORK_INPUT_KEYS = ("tabular", "text_embedding")
+HEAD_POOLS = ("truth", "prediction")
 
 
 class _HeadShim:
@@ -90,6 +101,7 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
     head_lr: float = 3e-4
     head_weight_decay: float = 1e-4
     head_warmup_iterations: int | None = None  # None: 5% of all training iterations, at most 2500
+    head_pool_in_training: str = "truth"  # "truth": pool the head with the ground-truth lesion; "prediction"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -97,6 +109,9 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         if self.is_ddp and device.type == "cpu":  # nnU-Net forces CUDA under DDP; keep CPU for gloo runs
             self.device = device
             self.grad_scaler = None
+        if self.head_pool_in_training not in HEAD_POOLS:
+            raise ValueError(f"{self.__class__.__name__}.head_pool_in_training={self.head_pool_in_training!r}; "
+                             f"choose one of {HEAD_POOLS}")
         self.metadata = DatasetMetadata.from_dataset_json(dataset_json)
         if self.requires_classification and (self.metadata is None or not self.metadata.has_classification):
             raise RuntimeError(
@@ -179,15 +194,28 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         labels = self.plans_manager.plans[PLANS_KEY].get("lesion_labels")
         return list(labels) if labels else list(self.label_manager.foreground_labels)
 
+    def _lesion_voxels(self, target, labels) -> torch.Tensor:
+        """Bool mask (B, 1, *S) of the full-resolution target voxels whose label is in ``labels``."""
+        t = target[0] if isinstance(target, list) else target
+        lesion = torch.zeros_like(t, dtype=torch.bool)
+        for lab in labels:
+            lesion |= t == lab
+        return lesion
+
     def _lesion_present(self, target) -> torch.Tensor:
         """(B,) bool: does the full-resolution target of each sample contain a lesion voxel?"""
-        t = target[0] if isinstance(target, list) else target
         if self.label_manager.has_regions:
+            t = target[0] if isinstance(target, list) else target
             return t.flatten(1).amax(1) > 0
-        lesion = torch.zeros_like(t, dtype=torch.bool)
-        for lab in self._lesion_labels():
-            lesion |= t == lab
-        return lesion.flatten(1).any(1)
+        return self._lesion_voxels(target, self._lesion_labels()).flatten(1).any(1)
+
+    def _training_pool_mask(self, batch: dict) -> torch.Tensor | None:
+        """The ground-truth lesion mask the head pools with in a training step (``head_pool_in_training``), on the
+        device; None to pool with the prediction (the setting, region-based labels, or no lesion pooling)."""
+        channels = getattr(unwrap(self.network), "cls_pool_channels", None)
+        if self.head_pool_in_training != "truth" or not channels or self.label_manager.has_regions:
+            return None
+        return self._lesion_voxels(batch["target"], channels).to(self.device, non_blocking=True)
 
     def classification_loss(self, cls_logits: torch.Tensor | None, cls_target: torch.Tensor | None,
                             lesion_present: torch.Tensor) -> torch.Tensor | None:
@@ -204,10 +232,14 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         return {k: batch[k].to(self.device, non_blocking=True) for k in self.network_uses if k in batch}
 
     @contextmanager
-    def _multitask_step(self, batch: dict, record: dict):
+    def _multitask_step(self, batch: dict, record: dict, training: bool = False):
         """Swap ``self.network``/``self.loss`` for the duration of one nnU-Net step (see module docstring)."""
         network, seg_loss = self.network, self.loss
-        shim = _HeadShim(network, self._network_inputs(batch))
+        inputs = self._network_inputs(batch)
+        mask = self._training_pool_mask(batch) if training else None
+        if mask is not None:
+            inputs["lesion_mask"] = mask
+        shim = _HeadShim(network, inputs)
         cls_target = batch.get("class_target")
         cls_target = cls_target.to(self.device, non_blocking=True) if cls_target is not None else None
 
@@ -239,7 +271,7 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
                                              + self._iteration_in_epoch)
         self._iteration_in_epoch += 1
         record: dict = {}
-        with self._multitask_step(batch, record):
+        with self._multitask_step(batch, record, training=True):
             out = super().train_step(batch)
         out.update({k: v for k, v in record.items() if k in ("seg_loss", "cls_loss") or k.startswith("aux_")})
         return out

@@ -168,5 +168,13 @@ class STDNetTrainer_nnUNetSGD(STDNetTrainer):
     head_optimizer = "sgd"
 
 
+class STDNetTrainer_predictionPool(STDNetTrainer):
+    """STD-Net whose head pools with the network's own predicted lesion probability in training steps too (as the
+    synthetic GPU comparisons up to run 4 did), instead of the ground-truth lesion mask
+    (:attr:`~nnunet_ext.trainers.multitask.MultiTaskTrainer.head_pool_in_training`). The control for that choice."""
+
+    head_pool_in_training = "prediction"
+
+
 STDNET_TRAINERS = (STDNetTrainer, STDNetTrainer_noTemporal, STDNetTrainer_noWeightSharing, STDNetTrainer_ConvGRU,
-                   STDNetTrainer_paperLoss, STDNetTrainer_nnUNetSGD)
+                   STDNetTrainer_paperLoss, STDNetTrainer_nnUNetSGD, STDNetTrainer_predictionPool)

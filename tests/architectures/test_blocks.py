@@ -149,6 +149,21 @@ def test_lesion_weighted_pool_focuses_on_predicted_lesion_and_falls_back_to_mean
     assert lesion_pool_channels([5], 3) is None
 
 
+def test_lesion_weighted_pool_with_a_given_mask_ignores_the_prediction():
+    from nnunet_ext.architectures.blocks.heads import lesion_weighted_pool
+
+    torch.manual_seed(0)
+    feats = torch.randn(2, 5, 2, 4, 4)
+    seg = torch.randn(2, 3, 8, 16, 16)  # a prediction that says something else
+    mask = torch.zeros(2, 1, 8, 16, 16, dtype=torch.bool)
+    mask[0, :, :4, :4, :4] = True  # the lesion fills feature cell (0, 0, 0) of sample 0; sample 1 has none
+    onehot_logits = torch.cat([~mask, torch.zeros_like(mask), mask], 1).float() * 100  # the same as logits
+    pooled = lesion_weighted_pool(feats, seg, [2], lesion_mask=mask)
+    torch.testing.assert_close(pooled, lesion_weighted_pool(feats, onehot_logits, [2]))
+    torch.testing.assert_close(pooled[1], feats[1].flatten(1).mean(-1))  # no lesion in the mask: the mean
+    assert not torch.allclose(pooled, lesion_weighted_pool(feats, seg, [2]))
+
+
 
 def test_leaky_head_keeps_a_gradient_where_a_relu_head_goes_dead():
     from nnunet_ext.architectures.blocks.heads import ClassificationHead

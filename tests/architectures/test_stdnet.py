@@ -215,3 +215,22 @@ def test_flops_count_on_the_meta_device():
             net(torch.randn(1, n, *PATCH, device="meta"), return_heads=True)["cls"].sum().backward()
         flops[n] = counter.get_total_flops()
     assert 0 < flops[1] < flops[3]
+
+
+def test_lesion_mask_changes_only_the_pooling_of_the_head():
+    from nnunet_ext.architectures.blocks.heads import lesion_weighted_pool
+
+    torch.manual_seed(0)
+    net = make(cls_pool_channels=[2]).eval()
+    x = torch.randn(2, 3, 16, 32, 32)
+    mask = torch.zeros(2, 1, 16, 32, 32, dtype=torch.bool)
+    mask[:, :, 4:8, 8:16, 8:16] = True
+    with torch.no_grad():
+        plain = net(x, return_heads=True)
+        masked = net(x, return_heads=True, lesion_mask=mask)
+        _, cls_feat, _ = net._temporal_context(net._phase_features(x)[-1])
+        expected = net.cls_head(lesion_weighted_pool(cls_feat, None, [2], lesion_mask=mask))
+    for a, b in zip(plain["seg"], masked["seg"]):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(masked["cls"], expected)
+    assert not torch.allclose(plain["cls"], masked["cls"])

@@ -50,11 +50,13 @@ def test_single_phase_stdnet_smoke(tmp_path, isolated_env):
     assert os.path.isfile(os.path.join(res.output_folder, "dice_violin.png"))
 
 
-def test_synthetic_comparison_controls_add_the_all_sgd_stdnet():
+def test_synthetic_comparison_controls_add_the_pooling_and_optimizer_controls():
     mod = _load("synthetic_comparison")
     plain = mod.methods("gpu2500", "STDNetPlans")
     with_controls = mod.methods("gpu2500", "STDNetPlans", controls=True)
-    assert with_controls[:-1] == plain and with_controls[-1] == ("STDNetTrainer_nnUNetSGD_gpu2500", "STDNetPlans")
+    assert with_controls[:-2] == plain
+    assert with_controls[-2:] == [("STDNetTrainer_predictionPool_gpu2500", "STDNetPlans"),
+                                  ("STDNetTrainer_nnUNetSGD_gpu2500", "STDNetPlans")]
 
 
 def test_synthetic_comparison_smoke(tmp_path, isolated_env):

@@ -174,3 +174,44 @@ def test_head_settings_record_the_activation_and_old_results_folders_keep_relu(t
     assert head_activation(old) == "relu"
     tr.initialize()
     assert isinstance(tr.network.cls_head.mlp[1], torch.nn.LeakyReLU)
+
+
+@pytest.mark.parametrize("trainer, pools_with_truth", [("EarlyFusionTrainer_smoke", True),
+                                                        ("EarlyFusionTrainer_predictionPool_smoke", False)])
+def test_training_steps_pool_the_head_with_the_ground_truth_lesion(tiny_multiphase, monkeypatch, trainer,
+                                                                   pools_with_truth):
+    import nnunet_ext.architectures.classifying_unet as cu
+
+    masks = []
+    pool = cu.lesion_weighted_pool
+
+    def spy(features, seg, channels, lesion_mask=None):
+        masks.append(lesion_mask)
+        return pool(features, seg, channels, lesion_mask)
+
+    monkeypatch.setattr(cu, "lesion_weighted_pool", spy)
+    tr = make_trainer(tiny_multiphase, trainer)
+    tr.initialize()
+    assert tr.head_pool_in_training == ("truth" if pools_with_truth else "prediction")
+    dl_tr, dl_val = tr.get_dataloaders()
+    batch = next(dl_tr)
+    target = batch["target"][0].clone()
+    tr.train_step(batch)
+    if pools_with_truth:
+        lesion = torch.zeros_like(target, dtype=torch.bool)
+        for lab in tr.network.cls_pool_channels:
+            lesion |= target == lab
+        assert masks[-1] is not None and torch.equal(masks[-1].cpu(), lesion) and lesion.any()
+    else:
+        assert masks[-1] is None
+    with torch.no_grad():  # as nnU-Net's loop calls it
+        tr.validation_step(next(dl_val))
+    assert masks[-1] is None  # validation (and inference) pool with the prediction
+
+
+def test_unknown_head_pool_setting_fails_clearly(tiny_multiphase, monkeypatch):
+    import nnunet_ext.trainers as trainers
+
+    monkeypatch.setattr(trainers.EarlyFusionTrainer_smoke, "head_pool_in_training", "gt")
+    with pytest.raises(ValueError, match="head_pool_in_training='gt'"):
+        make_trainer(tiny_multiphase)

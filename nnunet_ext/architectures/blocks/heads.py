@@ -77,14 +77,17 @@ def lesion_pool_channels(lesion_labels, num_seg_outputs: int) -> list[int] | Non
     return channels or None
 
 
-def lesion_weighted_pool(features: torch.Tensor, seg, channels: list[int] | None) -> torch.Tensor:
+def lesion_weighted_pool(features: torch.Tensor, seg, channels: list[int] | None,
+                         lesion_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Pool ``features`` (B, C, *S_f) to (B, C), weighting each cell by the network's own predicted lesion
-    probability there.
+    probability there (or by a given lesion mask).
 
     ``seg``: segmentation logits (B, K, *S) or the deep-supervision list (highest resolution first). The weights are
     the softmax probability of ``channels`` summed, averaged over each feature cell (adaptive average pooling to
     S_f), detached (the classification loss does not push the segmentation), plus :data:`LESION_POOL_FLOOR`, and
-    normalised per sample. ``channels=None``: global average pooling.
+    normalised per sample. ``channels=None``: global average pooling. ``lesion_mask`` (B, 1, *S) with values in
+    [0, 1] (the ground-truth lesion voxels during training, see ``MultiTaskTrainer.head_pool_in_training``) takes
+    the place of the predicted probability; everything else is the same.
 
     Why: with whole-organ patches a lesion covers well under 1% of the bottleneck cells, and a global average
     drowns its enhancement pattern in parenchyma (on the synthetic liver data, heads with global pooling collapsed
@@ -93,9 +96,12 @@ def lesion_weighted_pool(features: torch.Tensor, seg, channels: list[int] | None
     """
     if channels is None:
         return global_average_pool(features)
-    logits = seg[0] if isinstance(seg, (list, tuple)) else seg
     with torch.no_grad():
-        prob = torch.softmax(logits.float(), 1)[:, channels].sum(1, keepdim=True)
+        if lesion_mask is not None:
+            prob = lesion_mask.float()
+        else:
+            logits = seg[0] if isinstance(seg, (list, tuple)) else seg
+            prob = torch.softmax(logits.float(), 1)[:, channels].sum(1, keepdim=True)
         pool = F.adaptive_avg_pool3d if prob.ndim == 5 else F.adaptive_avg_pool2d
         w = pool(prob, features.shape[2:]).flatten(2) + LESION_POOL_FLOOR  # (B, 1, L)
         w = w / w.sum(-1, keepdim=True)
