@@ -29,7 +29,9 @@ the classes). The probe pools the ``--top-k`` bottleneck cells with the largest 
 fraction (cells of a 4x6x6 bottleneck for 32x48x48 patches): this is STD-Net's lesion-weighted pooling with the ground
 truth in place of the prediction (``--pool-with prediction``: the frozen network's own predicted lesion probability,
 as at inference), restricted to the cells that carry weight so that the paper-size Transformer runs on a CPU.
-``--batch 2`` with 6x the steps gives the joint training's batch size for the same number of samples.
+``--eval-pool-with`` pools the validation cases differently from the training cases (``--pool-with truth
+--eval-pool-with prediction`` is what the trainers do). ``--batch 2`` with 6x the steps gives the joint training's
+batch size for the same number of samples.
 
 Reported per readout and seed (JSON lines): train CE and validation macro one-vs-rest AUC every ``--eval-every`` steps.
 
@@ -77,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pool-with", default="truth", choices=["truth", "prediction"],
                    help="lesion weights from the ground truth or from the frozen network's own segmentation (as "
                         "STD-Net pools at inference)")
+    p.add_argument("--eval-pool-with", default=None, choices=["truth", "prediction"],
+                   help="pooling of the validation cases (default: as --pool-with); '--pool-with truth "
+                        "--eval-pool-with prediction' is how the trainers train and infer")
     p.add_argument("--readouts", nargs="+", default=list(READOUTS), choices=READOUTS)
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=12)
@@ -265,9 +270,10 @@ def train_readout(kind: str, train: dict, val: dict, args, seed: int) -> list[di
 def prepare(args) -> tuple[dict, dict, dict]:
     """Cached features (train, val) and a record describing the encoder."""
     cache = Path(args.cache) / "features.pt" if args.cache else None
+    eval_pool = args.eval_pool_with or args.pool_with
     key = {"shape": list(args.shape), "n_train": args.n_train, "n_val": args.n_val, "base": args.base_features,
            "cap": args.max_features, "encoder_iterations": args.encoder_iterations, "top_k": args.top_k,
-           "pool_with": args.pool_with}
+           "pool_with": args.pool_with, "eval_pool_with": eval_pool}
     if cache is not None and cache.is_file():
         stored = torch.load(cache, weights_only=False)
         if stored["key"] == key:
@@ -285,8 +291,9 @@ def prepare(args) -> tuple[dict, dict, dict]:
     inten_tr, inten_va = intensity_features(img_tr, seg_tr), intensity_features(img_va, seg_va)
     mu, sd = inten_tr.mean(0), inten_tr.std(0) + 1e-6
     out = []
-    for x, s, y, inten in ((x_tr, s_tr, y_tr, inten_tr), (x_va, s_va, y_va, inten_va)):
-        d = bottleneck_features(net, x, s, args.top_k, args.pool_with)
+    for x, s, y, inten, pool in ((x_tr, s_tr, y_tr, inten_tr, args.pool_with),
+                                 (x_va, s_va, y_va, inten_va, eval_pool)):
+        d = bottleneck_features(net, x, s, args.top_k, pool)
         d["intensity"] = torch.from_numpy((inten - mu) / sd)
         d["y"] = torch.from_numpy(y)
         out.append(d)
@@ -295,7 +302,9 @@ def prepare(args) -> tuple[dict, dict, dict]:
             if losses else None, "bottleneck": list(out[0]["grid"].shape[1:]),
             "mean_lesion_fraction_topk": round(float(out[0]["lesion_fraction"].mean()), 4),
             "cases_without_lesion": int((out[0]["lesion_fraction"][:, 0] == 0).sum()),
-            "pool_with": args.pool_with, "truth_lesion_fraction_of_pooled_cells": pooled_truth_fraction(out[0], s_tr),
+            "pool_with": args.pool_with, "eval_pool_with": eval_pool,
+            "truth_lesion_fraction_of_pooled_cells": pooled_truth_fraction(out[0], s_tr),
+            "val_truth_lesion_fraction_of_pooled_cells": pooled_truth_fraction(out[1], s_va),
             "seconds": round(time.perf_counter() - t0, 1)}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

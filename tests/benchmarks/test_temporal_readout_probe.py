@@ -90,3 +90,15 @@ def test_pooled_cells_are_the_top_cells_of_the_truth_or_of_the_prediction(probe)
     cells = torch.nn.functional.adaptive_avg_pool3d(prob, truth["grid"].shape[3:]).flatten(1)
     assert torch.equal(pred["idx"], cells.topk(3, dim=1).indices)
     torch.testing.assert_close(pred["grid"], truth["grid"])  # same features, other cells
+
+
+def test_validation_cases_can_pool_with_the_prediction_while_training_pools_with_the_truth(probe, tmp_path):
+    out = tmp_path / "mixed.jsonl"
+    assert probe.main(TINY + ["--pool-with", "truth", "--eval-pool-with", "prediction", "--readouts", "mean",
+                              "--out", str(out)]) == 0
+    encoder = json.loads(out.read_text(encoding="utf-8").splitlines()[1])
+    assert (encoder["pool_with"], encoder["eval_pool_with"]) == ("truth", "prediction")
+    # training cells are the truth's best (all of the weight on lesion cells), validation cells need not be
+    assert encoder["truth_lesion_fraction_of_pooled_cells"] > 0
+    assert 0.0 <= encoder["val_truth_lesion_fraction_of_pooled_cells"] <= 1.0
+
