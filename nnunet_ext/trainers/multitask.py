@@ -143,6 +143,9 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
             else:
                 self.network = DDP(self.network)
             self.loss = self._build_loss()
+        if getattr(unwrap(self.network), "cls_pool_channels", None):
+            self.print_to_log_file(f"head pooling in training steps: {self.head_pool_in_training} "
+                                   "(validation and inference: the predicted lesion)")
 
     def configure_optimizers(self):
         """nnU-Net's SGD + poly for the U-Net, AdamW + warm-up + poly for ``auxiliary_modules`` (module docstring)."""
