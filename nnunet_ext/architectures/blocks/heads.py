@@ -91,8 +91,9 @@ def lesion_weighted_pool(features: torch.Tensor, seg, channels: list[int] | None
 
     Why: with whole-organ patches a lesion covers well under 1% of the bottleneck cells, and a global average
     drowns its enhancement pattern in parenchyma (on the synthetic liver data, heads with global pooling collapsed
-    to the class prior). STD-Net's paper classifies lesion-centred inputs; weighting by the predicted lesion is the
-    analogue for nnU-Net's patches, and it is the same at training and inference (no ground truth needed).
+    to the class prior). STD-Net's paper classifies lesion-centred inputs; weighting by the lesion is the analogue
+    for nnU-Net's patches: by the predicted lesion at inference (no ground truth needed), by the ground truth in the
+    trainers' training steps.
     """
     if channels is None:
         return global_average_pool(features)
