@@ -169,22 +169,10 @@ def probe(net, x, y) -> dict:
     return out
 
 
-def truth_logits(seg: torch.Tensor, num_classes: int = 3) -> torch.Tensor:
-    """Segmentation (B, 1, *S) -> logits whose softmax is the one-hot ground truth (for ``lesion_weighted_pool``)."""
-    return F.one_hot(seg[:, 0], num_classes).movedim(-1, 1).float() * 100.0
-
-
 def training_forward(net, x: torch.Tensor, seg: torch.Tensor, train_pool: str) -> dict:
-    """``net(x, return_heads=True)``; with ``train_pool="truth"`` the head pools with the ground truth instead."""
-    if train_pool == "prediction":
-        return net(x, return_heads=True)
-    from unittest import mock
-
-    import nnunet_ext.architectures.stdnet as stdnet_module
-
-    pool, truth = stdnet_module.lesion_weighted_pool, truth_logits(seg)
-    with mock.patch.object(stdnet_module, "lesion_weighted_pool", lambda f, _seg, ch: pool(f, truth, ch)):
-        return net(x, return_heads=True)
+    """``net(x, return_heads=True)``; with ``train_pool="truth"`` the head pools with the ground-truth lesion (label
+    2) instead of the prediction, as the trainers' ``head_pool_in_training = "truth"`` does."""
+    return net(x, return_heads=True, lesion_mask=(seg == 2) if train_pool == "truth" else None)
 
 
 def detach_reference(net) -> None:

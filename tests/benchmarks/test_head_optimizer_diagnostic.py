@@ -53,7 +53,8 @@ def test_truth_pooling_and_detached_reference_change_only_what_they_say(monkeypa
         plain = diag.training_forward(net, x, seg, "prediction")
         truth = diag.training_forward(net, x, seg, "truth")
         ctx, cls_feat, _ = net._temporal_context(net._phase_features(x)[-1])
-        expected = net.cls_head(lesion_weighted_pool(cls_feat, diag.truth_logits(seg), [2]))
+        onehot_logits = torch.nn.functional.one_hot(seg[:, 0], 3).movedim(-1, 1).float() * 100
+        expected = net.cls_head(lesion_weighted_pool(cls_feat, onehot_logits, [2]))
     for a, b in zip(plain["seg"], truth["seg"]):
         torch.testing.assert_close(a, b)  # segmentation untouched
     torch.testing.assert_close(truth["cls"], expected)
