@@ -75,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast instead of fp16 (no GradScaler)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "hybrid"],
                    help="sgd: nnU-Net's SGD for every parameter (the issue's set-up); hybrid: the trainers' optimizer")
-    p.add_argument("--fused-sgd", action="store_true", help="torch.optim.SGD(fused=True) (lever; --optimizer sgd)")
+    p.add_argument("--fused-sgd", action="store_true", help="fused kernels: torch.optim.SGD(fused=True); with --optimizer hybrid its "
+                   "fused path (fused SGD + fused AdamW, the trainers' default on CUDA) instead of _foreach")
     p.add_argument("--sdpa-backend", default="auto", choices=["auto", "flash", "efficient", "cudnn", "math"])
     p.add_argument("--skip-volume", action="store_true", help="skip the 224^3 forward")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -146,11 +147,13 @@ def make_batch(cfg, phases, strides, device, channels_last):
 
 
 def make_optimizer(net, kind: str = "sgd", fused: bool = False):
-    """nnU-Net's SGD (optionally the fused kernel) or the trainers' hybrid SGD + AdamW optimizer."""
+    """nnU-Net's SGD (optionally the fused kernel) or the trainers' hybrid SGD + AdamW optimizer (``fused``: its
+    fused-kernel path, the trainers' default on CUDA; otherwise its ``_foreach`` path)."""
     if kind == "hybrid":
         from nnunet_ext.trainers.optim import make_hybrid_optimizer
 
-        return make_hybrid_optimizer(net, 1e-2, 3e-5, 3e-4, 1e-4, num_epochs=1000, warmup_iterations=1)[0]
+        return make_hybrid_optimizer(net, 1e-2, 3e-5, 3e-4, 1e-4, num_epochs=1000, warmup_iterations=1,
+                                     fused=fused)[0]
     return torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5,
                            **({"fused": True} if fused else {}))
 
@@ -313,7 +316,8 @@ def environment(args, device) -> dict:
 def _optimizer_description(args) -> str:
     sgd = f"SGD(nesterov, lr=1e-2, momentum=0.99, weight_decay=3e-5{', fused' if args.fused_sgd else ''})"
     if args.optimizer == "hybrid":
-        return f"hybrid: {sgd} for the U-Net parts, AdamW(lr=3e-4, weight_decay=1e-4) for temporal modeler and head"
+        adamw = f"AdamW(lr=3e-4, weight_decay=1e-4{', fused' if args.fused_sgd else ''})"
+        return f"hybrid: {sgd} for the U-Net parts, {adamw} for temporal modeler and head"
     return sgd
 
 

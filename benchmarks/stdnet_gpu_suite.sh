@@ -24,6 +24,8 @@ run channels_last --channels-last --skip-volume      # lever: channels_last_3d
 run cuda_graphs --cuda-graphs --skip-volume          # lever: CUDA graphs (reduce-overhead)
 run sdpa_math --sdpa-backend math --networks stdnet --skip-volume   # lever: fused attention vs the math path
 run hybrid_optimizer --optimizer hybrid --skip-volume               # the trainers' optimizer (AdamW for STD-Net's extras)
+run hybrid_fused --optimizer hybrid --fused-sgd --skip-volume       # the trainers' optimizer on its fused path (their CUDA default)
 run fused_sgd --fused-sgd --skip-volume                             # lever: fused SGD kernel
 run cuda_graphs_fused_sgd --cuda-graphs --fused-sgd --skip-volume   # the two best levers together
 run cuda_graphs_fused_sgd_bf16 --cuda-graphs --fused-sgd --bf16 --skip-volume
+run cuda_graphs_hybrid_fused --cuda-graphs --optimizer hybrid --fused-sgd --skip-volume

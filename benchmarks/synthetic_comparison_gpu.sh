@@ -4,7 +4,11 @@
 # fold 0, schedule gpu2500 (50 epochs x 50 iterations) for every method, six trainings at once, then the benchmark.
 # From the repository root on the GPU machine:
 #   bash benchmarks/synthetic_comparison_gpu.sh WORKSPACE [COPY_TO] [EXTRA ARGUMENTS]
-# EXTRA ARGUMENTS go to examples/synthetic_comparison.py (e.g. --controls --jobs 8 adds the prediction-pooling and all-SGD STD-Net controls).
+# EXTRA ARGUMENTS go to examples/synthetic_comparison.py (e.g. --controls --jobs 8 adds the prediction-pooling and all-SGD STD-Net controls;
+# --methods nnUNetTrainer STDNetTrainer STDNetTrainer_predictionPool --jobs 3 trains only those).
+# More than one device call (each at most 10 min): run with COMPARISON_TIMEOUT=540 and the workspace under /tmp, then
+# repeat the same command at once (the machine stays warm ~30 s): finished folds are skipped, interrupted ones resume
+# from their last epoch (--c).
 # COPY_TO (optional) receives the report, the logs and the results folders without checkpoints, every 30 s during
 # the run and at the end (for a machine whose workspace is not kept).
 set -uo pipefail

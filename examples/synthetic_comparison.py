@@ -4,6 +4,7 @@ multiphase liver CT with inter-phase misalignment, same schedule and folds for e
     python examples/synthetic_comparison.py -o runs/synthetic --n-cases 100 --folds 0 1 2 3 4 --schedule 50epochs
     python examples/synthetic_comparison.py --smoke          # CI: a few iterations, checks the plumbing
     python examples/synthetic_comparison.py -o runs/gpu -device cuda --schedule gpu2500 --jobs 6   # one GPU, 6 at once
+    python examples/synthetic_comparison.py ... --methods nnUNetTrainer STDNetTrainer STDNetTrainer_predictionPool
 
 Methods (trainer, plans): nnUNetTrainer (vanilla nnU-Net, segmentation only; the reference), EarlyFusionTrainer
 (nnU-Net + head: the "joint 4D CNN"), STDNetTrainer, STDNetTrainer_noTemporal, STDNetTrainer_noWeightSharing,
@@ -40,9 +41,22 @@ STD_VARIANTS = ("STDNetTrainer", "STDNetTrainer_noTemporal", "STDNetTrainer_noWe
 CONTROLS = ("STDNetTrainer_predictionPool", "STDNetTrainer_nnUNetSGD")
 
 
-def methods(schedule: str, stdnet_plans: str, controls: bool = False) -> list[tuple[str, str]]:
-    return [(f"nnUNetTrainer_{schedule}", "nnUNetPlans"), (f"EarlyFusionTrainer_{schedule}", "nnUNetPlans")] + \
-        [(f"{t}_{schedule}", stdnet_plans) for t in STD_VARIANTS + (CONTROLS if controls else ())]
+ALL_METHODS = ("nnUNetTrainer", "EarlyFusionTrainer") + STD_VARIANTS + CONTROLS
+
+
+def methods(schedule: str, stdnet_plans: str, controls: bool = False,
+            only: list[str] | None = None) -> list[tuple[str, str]]:
+    """(trainer, plans) per method; ``only``: a subset of :data:`ALL_METHODS` (names without the schedule suffix),
+    kept in the order of ``ALL_METHODS`` so that the first is still the reference of the report."""
+    if only:
+        unknown = sorted(set(only) - set(ALL_METHODS))
+        if unknown:
+            raise SystemExit(f"--methods: unknown {unknown}; choose from {list(ALL_METHODS)}")
+        names = [m for m in ALL_METHODS if m in only]
+    else:
+        names = ["nnUNetTrainer", "EarlyFusionTrainer", *STD_VARIANTS, *(CONTROLS if controls else ())]
+    return [(f"{t}_{schedule}", "nnUNetPlans" if t in ("nnUNetTrainer", "EarlyFusionTrainer") else stdnet_plans)
+            for t in names]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -59,6 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--jobs", type=int, default=1, help="trainings run at once (one process each; useful on a GPU)")
     p.add_argument("--controls", action="store_true",
                    help="also train the controls STDNetTrainer_predictionPool and STDNetTrainer_nnUNetSGD")
+    p.add_argument("--methods", nargs="+", default=None, metavar="TRAINER",
+                   help=f"train and compare only these (without schedule suffix; any of {', '.join(ALL_METHODS)}); "
+                        "the first in that order is the report's reference")
     p.add_argument("--smoke", action="store_true", help="tiny data and the smoke schedule (CI)")
     args = p.parse_args(argv)
     if args.smoke:
@@ -76,13 +93,14 @@ def main(argv: list[str] | None = None) -> dict:
                                 max_shift_mm=args.max_shift_mm, max_rotation_deg=args.max_rotation_deg,
                                 name=name.split("_", 1)[1], progress=False)
     stdnet_plans = plan_vanilla_and_stdnet(DATASET_ID, device, os.path.join(logs, "plan.log"))
-    todo = methods(args.schedule, stdnet_plans, args.controls)
+    todo = methods(args.schedule, stdnet_plans, args.controls, args.methods)
     stage(f"train {len(todo)} methods x folds {args.folds} ({device}, schedule {args.schedule})")
     train_methods(name, todo, args.folds, device, logs, jobs=args.jobs)
     stage("benchmark")
     command = "python examples/synthetic_comparison.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     res = benchmark_methods(DATASET_ID, todo, args.folds, device, os.path.join(root, "report"),
-                            command, full_model=f"STDNetTrainer_{args.schedule}",
+                            command, full_model=f"STDNetTrainer_{args.schedule}"
+                            if any(t == f"STDNetTrainer_{args.schedule}" for t, _ in todo) else None,
                             log_path=os.path.join(logs, "benchmark.log"), efficiency=not args.smoke)
     print(f"report: {os.path.join(res.output_folder, 'report.md')}")
     return {"benchmark": res, "dataset": name}

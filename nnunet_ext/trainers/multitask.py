@@ -25,7 +25,8 @@ The trainer overrides nnU-Net hooks; it never copies nnU-Net's training loop:
   linear warm-up over ``head_warmup_iterations`` (default 5% of all iterations, at most 2500), then nnU-Net's poly
   decay: :mod:`nnunet_ext.trainers.optim`. ``head_optimizer = "sgd"`` (the ``*_nnUNetSGD`` trainers) trains every
   parameter with nnU-Net's SGD, under which STD-Net's transformer head collapsed to constant logits on the synthetic
-  GPU comparison.
+  GPU comparison. On CUDA the hybrid optimizer updates with PyTorch's fused SGD / AdamW kernels
+  (``optimizer_fused``; ``False`` selects its ``_foreach`` path, the same update to float tolerance).
 * **Head pooling in training.** The heads pool their features weighted by the lesion
   (:func:`~nnunet_ext.architectures.blocks.heads.lesion_weighted_pool`). At inference and in the per-epoch
   validation the weights are the network's own predicted lesion probability. In training steps,
@@ -102,6 +103,7 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
     head_weight_decay: float = 1e-4
     head_warmup_iterations: int | None = None  # None: 5% of all training iterations, at most 2500
     head_pool_in_training: str = "truth"  # "truth": pool the head with the ground-truth lesion; "prediction"
+    optimizer_fused: bool | None = None  # hybrid optimizer: None = PyTorch's fused kernels on CUDA, _foreach elsewhere
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -154,7 +156,8 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         if self.head_optimizer != "adamw":
             raise ValueError(f"head_optimizer={self.head_optimizer!r}; choose 'adamw' or 'sgd'")
         return make_hybrid_optimizer(self.network, self.initial_lr, self.weight_decay, self.head_lr,
-                                     self.head_weight_decay, self.num_epochs, self.warmup_iterations())
+                                     self.head_weight_decay, self.num_epochs, self.warmup_iterations(),
+                                     fused=self.optimizer_fused)
 
     def warmup_iterations(self) -> int:
         if self.head_warmup_iterations is not None:

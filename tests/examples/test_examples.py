@@ -59,6 +59,16 @@ def test_synthetic_comparison_controls_add_the_pooling_and_optimizer_controls():
                                   ("STDNetTrainer_nnUNetSGD_gpu2500", "STDNetPlans")]
 
 
+def test_synthetic_comparison_methods_selects_a_subset_in_report_order():
+    mod = _load("synthetic_comparison")
+    picked = mod.methods("gpu2500", "STDNetPlans", only=["STDNetTrainer_predictionPool", "nnUNetTrainer",
+                                                          "STDNetTrainer"])
+    assert picked == [("nnUNetTrainer_gpu2500", "nnUNetPlans"), ("STDNetTrainer_gpu2500", "STDNetPlans"),
+                      ("STDNetTrainer_predictionPool_gpu2500", "STDNetPlans")]
+    with pytest.raises(SystemExit, match="STDNetTrainer_typo"):
+        mod.methods("gpu2500", "STDNetPlans", only=["STDNetTrainer_typo"])
+
+
 def test_synthetic_comparison_smoke(tmp_path, isolated_env):
     """Also the parallel path (``--jobs``): each training is its own ``nnunet-ext train`` process."""
     out = _load("synthetic_comparison").main(["--smoke", "-o", str(tmp_path), "-device", "cpu", "--jobs", "2"])
