@@ -75,8 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast instead of fp16 (no GradScaler)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "hybrid"],
                    help="sgd: nnU-Net's SGD for every parameter (the issue's set-up); hybrid: the trainers' optimizer")
-    p.add_argument("--fused-sgd", action="store_true", help="fused kernels: torch.optim.SGD(fused=True); with --optimizer hybrid its "
-                   "fused path (fused SGD + fused AdamW, the trainers' default on CUDA) instead of _foreach")
+    p.add_argument("--fused-sgd", action="store_true",
+                   help="fused kernels: torch.optim.SGD(fused=True); with --optimizer hybrid its fused path "
+                        "(fused SGD + fused AdamW, the trainers' default on CUDA) instead of _foreach")
     p.add_argument("--sdpa-backend", default="auto", choices=["auto", "flash", "efficient", "cudnn", "math"])
     p.add_argument("--skip-volume", action="store_true", help="skip the 224^3 forward")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
