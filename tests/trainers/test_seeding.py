@@ -5,16 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nnunet_ext.trainers.seeding import SEED_ENV, EnvSeededTrainer, training_seed
+from nnunet_ext.trainers.seeding import (
+    RNG_KEY,
+    SEED_ENV,
+    EnvSeededTrainer,
+    rng_state,
+    set_rng_state,
+    training_seed,
+    worker_seeds,
+)
 
 
-def make_trainer(dataset, trainer="EarlyFusionTrainer_smoke"):
+def make_trainer(dataset, trainer="EarlyFusionTrainer_smoke", fold=0):
     from nnunetv2.run.run_training import get_trainer_from_args
 
     from nnunet_ext.trainers.run import ensure_trainer_path
 
     ensure_trainer_path()
-    return get_trainer_from_args(str(dataset["id"]), "3d_fullres", 0, trainer, "nnUNetPlans",
+    return get_trainer_from_args(str(dataset["id"]), "3d_fullres", fold, trainer, "nnUNetPlans",
                                  device=torch.device("cpu"))
 
 
@@ -83,3 +91,76 @@ def test_unset_or_empty_means_unseeded(monkeypatch):
     assert training_seed() is None
     monkeypatch.setenv(SEED_ENV, "12")
     assert training_seed() == 12
+
+
+def test_generator_states_round_trip_through_a_weights_only_load(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    np.random.randn()  # a cached Gaussian is part of NumPy's state
+    path = tmp_path / "rng.pt"
+    torch.save({RNG_KEY: rng_state()}, path)
+    expected = (random.random(), np.random.randn(), torch.rand(1))
+    set_rng_state(torch.load(path, weights_only=True)[RNG_KEY])
+    assert (random.random(), np.random.randn(), torch.rand(1)) == expected
+
+
+@pytest.mark.parametrize("trainer", ["EarlyFusionTrainer_smoke3", "nnUNetTrainer_smoke3"])
+def test_killed_and_resumed_seeded_run_ends_like_an_uninterrupted_one(tiny_multiphase, monkeypatch, trainer):
+    """3 epochs in one go, against 2 epochs, a crash at the start of the third, and ``--c`` (load_checkpoint of
+    checkpoint_latest + run_training, what nnU-Net's run_training does): bitwise the same final weights."""
+    import os
+    import shutil
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv(SEED_ENV, "11")
+
+    def fresh():
+        tr = make_trainer(tiny_multiphase, trainer, fold=4)
+        shutil.rmtree(tr.output_folder, ignore_errors=True)
+        os.makedirs(tr.output_folder)  # its log file goes there
+        tr.save_every = 1  # nnU-Net's own trainer checkpoints every 50 epochs
+        return tr
+
+    straight = fresh()
+    straight.run_training()
+    expected = {k: v.clone() for k, v in straight.network.state_dict().items()}
+
+    killed = fresh()
+    original = type(killed).on_train_epoch_start
+
+    def crash_at_epoch_2(self):
+        if self.current_epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return original(self)
+
+    monkeypatch.setattr(type(killed), "on_train_epoch_start", crash_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        killed.run_training()
+    monkeypatch.undo()
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv(SEED_ENV, "11")
+    latest = os.path.join(killed.output_folder, "checkpoint_latest.pth")
+    assert torch.load(latest, weights_only=False)["current_epoch"] == 2
+    assert RNG_KEY in torch.load(latest, weights_only=False)
+
+    resumed = make_trainer(tiny_multiphase, trainer, fold=4)
+    resumed.load_checkpoint(latest)
+    resumed.run_training()
+    got = resumed.network.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    folder = resumed.output_folder
+    log = "".join(open(os.path.join(folder, n), encoding="utf-8").read()
+                  for n in sorted(os.listdir(folder)) if n.startswith("training_log"))
+    assert "generator states of the checkpoint restored (epoch 2)" in log
+
+
+def test_resumed_runs_give_workers_new_reproducible_seeds():
+    assert worker_seeds(40, 2) == [41, 42]  # a fresh run: unchanged
+    resumed = worker_seeds(40, 2, start_epoch=5)
+    assert resumed == worker_seeds(40, 2, start_epoch=5) and len(set(resumed)) == 2
+    assert set(resumed).isdisjoint([41, 42]) and resumed != worker_seeds(40, 2, start_epoch=6)
