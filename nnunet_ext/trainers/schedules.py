@@ -29,6 +29,7 @@ SCHEDULES: dict[str, Schedule] = {
     "smoke3": Schedule(3, 4, 1, mirroring=False),      # CI: three short epochs (kill-and-resume tests)
     "demo": Schedule(4, 12, 4, mirroring=False, progress_bar=True),  # `make demo` on a 2-core CPU
     "cpu240": Schedule(12, 20, 5, mirroring=False, progress_bar=True),  # CPU comparisons: 240 iterations
+    "cpu1200": Schedule(40, 30, 5, mirroring=False, progress_bar=True),  # longer CPU comparisons: 1200 iterations
     # short GPU comparisons: 2500 iterations; checkpoints every 10 epochs (paper-size STD-Net checkpoints are ~0.5 GB)
     "gpu2500": Schedule(50, 50, 5, save_every=10),
     "1epoch": Schedule(1),
@@ -44,10 +45,11 @@ SCHEDULES: dict[str, Schedule] = {
 def with_schedule(base: type, schedule_name: str) -> type:
     """Subclass ``base`` as ``<base>_<schedule_name>`` with the schedule's epochs and iterations."""
     sched = SCHEDULES[schedule_name]
+    made: list[type] = []  # the class, once made (the methods below continue its MRO with super)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        base.__init__(self, plans, configuration, fold, dataset_json, device)
+        super(made[0], self).__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = sched.num_epochs
         self.num_iterations_per_epoch = sched.iterations_per_epoch
         self.num_val_iterations_per_epoch = sched.val_iterations_per_epoch
@@ -55,7 +57,7 @@ def with_schedule(base: type, schedule_name: str) -> type:
             self.save_every = sched.save_every
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        out = base.configure_rotation_dummyDA_mirroring_and_inital_patch_size(self)
+        out = super(made[0], self).configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         if not sched.mirroring:
             self.inference_allowed_mirroring_axes = None
         return out
@@ -66,22 +68,24 @@ def with_schedule(base: type, schedule_name: str) -> type:
                      configure_rotation_dummyDA_mirroring_and_inital_patch_size,
                  "__doc__": f"{base.__name__} with schedule {schedule_name!r}: {sched}."}
     if sched.progress_bar:
-        namespace.update(_progress_bar_hooks(base))
-    return type(name, with_env_seed(base), namespace)
+        namespace.update(_progress_bar_hooks(made))
+    made.append(type(name, with_env_seed(base), namespace))
+    return made[0]
 
 
-def _progress_bar_hooks(base: type) -> dict:
-    """A tqdm bar (on stderr, rank 0) over the training iterations of each epoch."""
+def _progress_bar_hooks(made: list[type]) -> dict:
+    """A tqdm bar (on stderr, rank 0) over the training iterations of each epoch. ``made[0]``: the class these hooks
+    end up in (its MRO continues the chain, so mixins such as :class:`EnvSeededTrainer` still see every call)."""
     from tqdm import tqdm
 
     def on_train_epoch_start(self):
-        base.on_train_epoch_start(self)
+        super(made[0], self).on_train_epoch_start()
         if self.local_rank == 0:
             self._bar = tqdm(total=self.num_iterations_per_epoch, leave=False, dynamic_ncols=True,
                              desc=f"{self.__class__.__name__} epoch {self.current_epoch + 1}/{self.num_epochs}")
 
     def train_step(self, batch):
-        out = base.train_step(self, batch)
+        out = super(made[0], self).train_step(batch)
         if getattr(self, "_bar", None) is not None:
             self._bar.update()
         return out
@@ -90,7 +94,7 @@ def _progress_bar_hooks(base: type) -> dict:
         if getattr(self, "_bar", None) is not None:
             self._bar.close()
             self._bar = None
-        base.on_train_epoch_end(self, train_outputs)
+        super(made[0], self).on_train_epoch_end(train_outputs)
 
     return {"on_train_epoch_start": on_train_epoch_start, "train_step": train_step,
             "on_train_epoch_end": on_train_epoch_end}

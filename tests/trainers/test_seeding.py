@@ -164,3 +164,35 @@ def test_resumed_runs_give_workers_new_reproducible_seeds():
     resumed = worker_seeds(40, 2, start_epoch=5)
     assert resumed == worker_seeds(40, 2, start_epoch=5) and len(set(resumed)) == 2
     assert set(resumed).isdisjoint([41, 42]) and resumed != worker_seeds(40, 2, start_epoch=6)
+
+
+def test_progress_bar_schedules_keep_the_seeding_hooks_in_the_chain():
+    """``<Trainer>_demo`` / ``_cpu240`` add a tqdm bar around the epoch hooks; they must call on along the MRO so that
+    the seeding mixin (restore at the first resumed epoch) still runs for the vanilla references."""
+    import random
+
+    from nnunet_ext.trainers.schedules import with_schedule
+
+    calls = []
+
+    class Base:
+        def __init__(self, plans, configuration, fold, dataset_json, device):
+            self.local_rank, self.num_iterations_per_epoch, self.current_epoch = 0, 1, 3
+
+        def on_train_epoch_start(self):
+            calls.append("base")
+
+        def print_to_log_file(self, *args):
+            calls.append(" ".join(map(str, args)))
+
+    cls = with_schedule(Base, "demo")
+    assert cls.__mro__[1] is EnvSeededTrainer
+    tr = cls({}, "3d_fullres", 0, {}, torch.device("cpu"))
+    random.seed(5)
+    tr._pending_rng_state = rng_state()
+    expected = random.random()
+    random.seed(6)
+    tr.on_train_epoch_start()
+    tr._bar.close()
+    assert random.random() == expected
+    assert calls[-1] == "base" and "restored (epoch 3)" in calls[0]
