@@ -121,7 +121,12 @@ def train_methods(dataset_name: str, methods, folds, device: str, logs: str, con
 
 
 def _train_parallel(dataset_name: str, todo, device: str, logs: str, configuration: str, jobs: int) -> None:
+    """Up to ``jobs`` ``nnunet-ext train`` processes at once. If this process is stopped (SIGTERM, e.g. by
+    ``timeout``, or Ctrl-C), it stops its trainings first, so that none keeps running unseen beside a rerun that
+    resumes the same fold; each continues from its last checkpoint on the rerun."""
+    import signal
     import subprocess
+    import threading
     import time
 
     from nnunet_ext.errors import NnunetExtError
@@ -130,35 +135,68 @@ def _train_parallel(dataset_name: str, todo, device: str, logs: str, configurati
     env.setdefault("nnUNet_n_proc_DA", str(max(1, ((os.cpu_count() or 1) - jobs) // jobs)))
     os.makedirs(logs, exist_ok=True)
     pending, running, failed = list(todo), [], []
-    while pending or running:
-        while pending and len(running) < jobs:
-            trainer, plans, fold = pending.pop(0)
-            _, done, resume = _fold_state(dataset_name, trainer, plans, configuration, fold)
-            if done:
-                continue
-            log = os.path.join(logs, f"{trainer}_fold{fold}.log")
-            cmd = [sys.executable, "-m", "nnunet_ext.cli", "train", dataset_name, configuration, str(fold),
-                   "-tr", trainer, "-p", plans, "-device", device] + (["--c"] if resume else [])
-            print(f"    start {trainer} ({plans}) fold {fold}{' (resuming)' if resume else ''}: log {log}",
-                  file=sys.stderr, flush=True)
-            f = open(log, "a", encoding="utf-8")
-            running.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), f, trainer, fold,
-                            log, time.time()))
-        time.sleep(2)
-        for job in list(running):
-            proc, f, trainer, fold, log, t0 = job
-            if proc.poll() is None:
-                continue
-            running.remove(job)
-            f.close()
-            ok = proc.returncode == 0
-            print(f"    {'done' if ok else 'FAILED'} {trainer} fold {fold} after {time.time() - t0:.0f} s"
-                  + ("" if ok else f" (exit {proc.returncode}; see {log})"), file=sys.stderr, flush=True)
-            if not ok:
-                failed.append(f"{trainer} fold {fold} ({log})")
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                trainer, plans, fold = pending.pop(0)
+                _, done, resume = _fold_state(dataset_name, trainer, plans, configuration, fold)
+                if done:
+                    continue
+                log = os.path.join(logs, f"{trainer}_fold{fold}.log")
+                cmd = [sys.executable, "-m", "nnunet_ext.cli", "train", dataset_name, configuration, str(fold),
+                       "-tr", trainer, "-p", plans, "-device", device] + (["--c"] if resume else [])
+                print(f"    start {trainer} ({plans}) fold {fold}{' (resuming)' if resume else ''}: log {log}",
+                      file=sys.stderr, flush=True)
+                f = open(log, "a", encoding="utf-8")
+                running.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), f, trainer,
+                                fold, log, time.time()))
+            time.sleep(2)
+            for job in list(running):
+                proc, f, trainer, fold, log, t0 = job
+                if proc.poll() is None:
+                    continue
+                running.remove(job)
+                f.close()
+                ok = proc.returncode == 0
+                print(f"    {'done' if ok else 'FAILED'} {trainer} fold {fold} after {time.time() - t0:.0f} s"
+                      + ("" if ok else f" (exit {proc.returncode}; see {log})"), file=sys.stderr, flush=True)
+                if not ok:
+                    failed.append(f"{trainer} fold {fold} ({log})")
+    except BaseException:
+        _stop_jobs(running)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if failed:
         raise NnunetExtError(f"training failed: {'; '.join(failed)}. Fix the cause shown in the log and rerun: "
                              "finished folds are skipped and interrupted ones continue from their checkpoint.")
+
+
+def _stop_jobs(running, grace_s: float = 20.0) -> None:
+    """SIGTERM every still running training, SIGKILL those not gone after ``grace_s``; say where each stopped."""
+    import time
+
+    for proc, *_ in running:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.time() + grace_s
+    for proc, f, trainer, fold, log, _ in running:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except Exception:
+            proc.kill()
+            proc.wait()
+        f.close()
+        print(f"    stopped {trainer} fold {fold} (rerun to continue from its last checkpoint; log {log})",
+              file=sys.stderr, flush=True)
 
 
 def benchmark_methods(dataset_id: int, methods, folds, device: str, output_folder: str, command: str,
