@@ -71,6 +71,14 @@ def test_stock_train_and_predict(stock_env, tmp_path):
          "-c", "3d_fullres", "-tr", "EarlyFusionTrainer_smoke", "-f", "0", "-device", "cpu", "--disable_tta",
          "-npp", "1", "-nps", "1"], env)
     assert sorted(p.name for p in stock.glob("*.nii.gz")) == ["case_000.nii.gz", "case_001.nii.gz"]
+    import SimpleITK as sitk
+
+    for name in ("case_000", "case_001"):  # nnU-Net's predictor and ours segment the same way (no TTA in either)
+        ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{name}.nii.gz")))
+        theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(stock / f"{name}.nii.gz")))
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(stock_env["ts"] / f"{name}_0000.nii.gz")))
+        assert ours.shape == theirs.shape == image.shape
+        assert (ours == theirs).all() and set(ours.ravel().tolist()) <= {0, 1, 2}
 
 
 def test_killed_training_resumes_with_c(stock_env):
@@ -88,14 +96,19 @@ def test_killed_training_resumes_with_c(stock_env):
     assert not (fold / "checkpoint_final.pth").exists(), "training finished before it could be killed"
     import torch
 
-    epoch_at_kill = torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"]
+    killed = torch.load(fold / "checkpoint_latest.pth", weights_only=False)
+    epoch_at_kill = killed["current_epoch"]
     assert 1 <= epoch_at_kill < 3
+    before = set(fold.glob("training_log_*.txt"))
     run(cmd + ["--c"], env)
     final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     logs = final["logging"]
     assert len(logs["train_losses"]) == 3 and len(logs["cls_val_auc"]) == 3
-    log_files = sorted(fold.glob("training_log_*.txt"))
-    assert any("Epoch 2" in f.read_text(encoding="utf-8") for f in log_files)
+    # resumed, not restarted: the epochs before the kill keep their logged values (an unseeded restart redraws them)
+    for key in ("train_losses", "cls_train_losses"):
+        assert logs[key][:epoch_at_kill] == killed["logging"][key][:epoch_at_kill]
+    resumed_log = "".join(f.read_text(encoding="utf-8") for f in set(fold.glob("training_log_*.txt")) - before)
+    assert f"Epoch {epoch_at_kill}" in resumed_log and "Epoch 0" not in resumed_log
 
 
 def test_external_planner_through_our_cli(stock_env):

@@ -92,10 +92,20 @@ def test_pooled_cells_are_the_top_cells_of_the_truth_or_of_the_prediction(probe)
     torch.testing.assert_close(pred["grid"], truth["grid"])  # same features, other cells
 
 
-def test_validation_cases_can_pool_with_the_prediction_while_training_pools_with_the_truth(probe, tmp_path):
+def test_validation_cases_can_pool_with_the_prediction_while_training_pools_with_the_truth(probe, tmp_path,
+                                                                                           monkeypatch):
+    calls = []
+    original = probe.bottleneck_features
+
+    def spy(net, x, segs, top_k, pool_with="truth"):
+        calls.append((len(x), pool_with))
+        return original(net, x, segs, top_k, pool_with)
+
+    monkeypatch.setattr(probe, "bottleneck_features", spy)
     out = tmp_path / "mixed.jsonl"
-    assert probe.main(TINY + ["--pool-with", "truth", "--eval-pool-with", "prediction", "--readouts", "mean",
-                              "--out", str(out)]) == 0
+    assert probe.main(TINY + ["--n-val", "5", "--pool-with", "truth", "--eval-pool-with", "prediction",
+                              "--readouts", "mean", "--out", str(out)]) == 0
+    assert calls == [(6, "truth"), (5, "prediction")]  # the 6 training cases with the truth, the 5 others not
     encoder = json.loads(out.read_text(encoding="utf-8").splitlines()[1])
     assert (encoder["pool_with"], encoder["eval_pool_with"]) == ("truth", "prediction")
     # training cells are the truth's best (all of the weight on lesion cells), validation cells need not be

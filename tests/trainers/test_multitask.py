@@ -162,6 +162,9 @@ def test_resuming_a_checkpoint_with_another_optimizer_layout_fails_clearly(tiny_
         tr2.load_checkpoint(path)
     old = make_trainer(tiny_multiphase, "EarlyFusionTrainer_nnUNetSGD_smoke", fold=3)
     old.load_checkpoint(path)  # the control trainer resumes it
+    assert len(old.optimizer.param_groups) == 1 and isinstance(old.optimizer, torch.optim.SGD)
+    state = old.network.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in ckpt["network_weights"].items())
 
 
 def test_head_settings_record_the_activation_and_old_results_folders_keep_relu(tiny_multiphase):
@@ -204,9 +207,10 @@ def test_training_steps_pool_the_head_with_the_ground_truth_lesion(tiny_multipha
         assert masks[-1] is not None and torch.equal(masks[-1].cpu(), lesion) and lesion.any()
     else:
         assert masks[-1] is None
+    pooled_in_training = len(masks)
     with torch.no_grad():  # as nnU-Net's loop calls it
         tr.validation_step(next(dl_val))
-    assert masks[-1] is None  # validation (and inference) pool with the prediction
+    assert len(masks) > pooled_in_training and masks[-1] is None  # validation (and inference): the prediction
 
 
 def test_unknown_head_pool_setting_fails_clearly(tiny_multiphase, monkeypatch):

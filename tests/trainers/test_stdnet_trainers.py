@@ -123,8 +123,23 @@ def test_variants_change_only_their_setting(dataset, trainer, expected):
     import nnunet_ext.trainers as trainers
 
     pm = _plans_manager(dataset["pre"], TINY_PLANS)
-    net = getattr(trainers, trainer).build_network_architecture(pm, pm.get_configuration("3d_fullres"), 3, 3, False)
+
+    def build(name):
+        return getattr(trainers, name).build_network_architecture(pm, pm.get_configuration("3d_fullres"), 3, 3, False)
+
+    net, full = build(trainer), build("STDNetTrainer")
     assert (net.temporal_kind, net.share_weights) == expected
+    # everything else as in the full model: phases, reference, encoder, skip fusion, head, decoder
+    same = ("num_phases", "reference_phase", "encoder_kind", "cls_pool_channels")
+    assert [getattr(net, a) for a in same] == [getattr(full, a) for a in same]
+    assert (net.skip_fusion is None) == (full.skip_fusion is None)
+    assert str(net.decoder) == str(full.decoder)
+
+    def head(n):  # the head's input width follows the temporal modeler (CLS width or encoder width): the rest not
+        return [(type(m).__name__, getattr(m, "out_features", None), getattr(m, "p", None))
+                for m in n.cls_head.modules()]
+
+    assert head(net) == head(full)
     if net.temporal_kind == "transformer":
         assert net.temporal.dim == 32  # temporal settings come from the STD-Net plans
     assert not net.decoder.deep_supervision
@@ -205,10 +220,22 @@ def test_dice_bce_masks_the_ignore_label_and_handles_regions():
     masked = DiceBCELoss(0.5, ignore_label=3)(logits, with_ignore[:, None].float())
     cropped = DiceBCELoss(0.5)(logits[:, :, 1:], labels[:, None, 1:].float())
     torch.testing.assert_close(masked, cropped, rtol=1e-4, atol=1e-5)
+    # regions: sigmoid per region channel, against the formula written out
     regions = (torch.rand(1, 2, 2, 4, 4) > 0.5).float()
-    loss = DiceBCELoss(0.5, has_regions=True)(torch.randn(1, 2, 2, 4, 4, requires_grad=True), regions)
+    region_logits = torch.randn(1, 2, 2, 4, 4, requires_grad=True)
+    loss = DiceBCELoss(0.3, has_regions=True, smooth=0.0)(region_logits, regions)
+    p = torch.sigmoid(region_logits)
+    dice = 2 * (p * regions).sum((2, 3, 4)) / ((p * p).sum((2, 3, 4)) + (regions * regions).sum((2, 3, 4)))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(region_logits, regions)
+    torch.testing.assert_close(loss, 0.3 * (1 - dice.mean()) + 0.7 * bce, rtol=1e-5, atol=1e-6)
     loss.backward()
-    assert torch.isfinite(loss)
+    assert region_logits.grad.abs().sum() > 0
+    # regions with nnU-Net's ignore channel (last target channel = 1 where ignored): as if those voxels were cut out
+    ignore = torch.zeros(1, 1, 2, 4, 4)
+    ignore[:, :, 0] = 1
+    masked = DiceBCELoss(0.5, has_regions=True, ignore_label=3)(region_logits, torch.cat((regions, ignore), 1))
+    cropped = DiceBCELoss(0.5, has_regions=True)(region_logits[:, :, 1:], regions[:, :, 1:])
+    torch.testing.assert_close(masked, cropped, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- training runs
