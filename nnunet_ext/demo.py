@@ -43,6 +43,21 @@ def trainers(device: str) -> tuple[tuple[str, str], ...]:
             ("STDNetTrainer_demo", stdnet_plans))
 
 
+DEMO_MARKER = ".nnunet_ext_demo_workspace"  # written into every demo output folder; --fresh deletes only those
+
+
+def remove_demo_workspace(folder: str) -> None:
+    """``--fresh``: delete ``folder`` if it is empty or a demo workspace (holds :data:`DEMO_MARKER`); anything else
+    might be the user's and is refused."""
+    from nnunet_ext.errors import NnunetExtError
+
+    if os.listdir(folder) and not os.path.isfile(os.path.join(folder, DEMO_MARKER)):
+        raise NnunetExtError(f"--fresh: {folder} is not a demo workspace (no {DEMO_MARKER} in it), so it is not "
+                             "deleted. Fix: pick another -o folder, or delete this one yourself if it is a demo "
+                             "output of an older version.")
+    shutil.rmtree(folder)
+
+
 @dataclass
 class DemoConfig:
     output: str = "demo_output"
@@ -61,8 +76,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     t0 = time.time()
     cfg.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.fresh and os.path.isdir(cfg.output):
-        shutil.rmtree(cfg.output)
+        remove_demo_workspace(cfg.output)
     env = use_workspace(cfg.output)
+    open(os.path.join(cfg.output, DEMO_MARKER), "a", encoding="utf-8").close()
     cpu_friendly_processes(cfg.device)
     logs = os.path.join(os.path.abspath(cfg.output), "logs")
 

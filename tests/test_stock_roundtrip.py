@@ -58,6 +58,16 @@ def test_stock_train_and_predict(stock_env, tmp_path):
          "-c", "3d_fullres", "-tr", "EarlyFusionTrainer_smoke", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"],
         env)
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_000.nii.gz", "case_001.nii.gz"]
+    # predicting one more time, one case only, into the same folder keeps the other case's row
+    only_one = tmp_path / "only_case_001"
+    only_one.mkdir()
+    for f in stock_env["ts"].glob("case_001_*"):
+        shutil.copy(f, only_one / f.name)
+    first = (out / "classification.csv").read_text(encoding="utf-8")
+    run([str(BIN / "nnunet-ext"), "predict", "-i", str(only_one), "-o", str(out), "-d", str(DATASET),
+         "-c", "3d_fullres", "-tr", "EarlyFusionTrainer_smoke", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"],
+        env)
+    assert (out / "classification.csv").read_text(encoding="utf-8") == first  # same model, same rows
     rows = (out / "classification.csv").read_text(encoding="utf-8").strip().splitlines()
     assert rows[0] == "case_id,predicted_class,prob_washout,prob_progressive,prob_nonenhancing"
     assert [r.split(",")[0] for r in rows[1:]] == ["case_000", "case_001"]

@@ -45,7 +45,29 @@ def check_input_folder(input_folder: str, dataset_json: dict) -> list[str]:
         raise InputError(f"the model expects {n_channels} channel(s) {names} (files _0000.._{n_channels - 1:04d}), "
                          f"but {len(bad)} case(s) differ: {desc}. Fix: provide exactly these channels per case, in "
                          "the training order.")
+    for case in sorted(channels):
+        check_case_files([os.path.join(input_folder, f"{case}_{c:04d}{ending}") for c in range(n_channels)], case,
+                         [dataset_json["channel_names"][str(c)] for c in range(n_channels)])
     return sorted(channels)
+
+
+def check_case_files(files: list[str], case: str, names: list[str]) -> None:
+    """Every channel file of one case whole and finite (:func:`~nnunet_ext.data.integrity.check_image_file`), and
+    all on one voxel grid: nnU-Net only warns about channels whose origins differ and then predicts with the phases
+    misaligned; with other sizes or spacings its workers die with an unrelated message."""
+    from nnunet_ext.conversion.common import header_mismatch, image_header
+    from nnunet_ext.data.integrity import check_image_file
+
+    for f, name in zip(files, names):
+        check_image_file(f, case, f"channel {name!r}")
+    headers = [image_header(f, case, f"channel {name!r}") for f, name in zip(files, names)]
+    for f, name, h in zip(files[1:], names[1:], headers[1:]):
+        diff = header_mismatch(headers[0], h)
+        if diff:
+            raise InputError(f"case {case!r}: channel {name!r} ({os.path.basename(f)}) is not on the voxel grid of "
+                             f"channel {names[0]!r} ({diff}). nnU-Net would predict with the channels misaligned. "
+                             "Fix: register and resample every phase onto the reference phase's grid (nnunet-ext "
+                             "convert dicom-multiphase does this), then rerun.")
 
 
 def predict(input_folder: str, output_folder: str, model_folder: str, folds=None,
@@ -56,7 +78,9 @@ def predict(input_folder: str, output_folder: str, model_folder: str, folds=None
     ``classification.json`` into ``output_folder``. Returns {case_id: probabilities} (None without a head)."""
     from nnunet_ext.inference.predictor import ClassifyingPredictor
     from nnunet_ext.inference.writers import write_classification_outputs
+    from nnunet_ext.trainers.run import ensure_trainer_path
 
+    ensure_trainer_path()  # nnU-Net finds the trainer class of the model by name on this path
     dataset_json = load_dataset_json(os.path.join(model_folder, "dataset.json"))
     check_input_folder(input_folder, dataset_json)
     dev = torch.device(device)
@@ -72,10 +96,37 @@ def predict(input_folder: str, output_folder: str, model_folder: str, folds=None
                                  num_processes_segmentation_export=num_processes_export)
     if not predictor.has_classification:
         return None
-    ids = sorted(predictor.case_probabilities)
-    probs = np.stack([predictor.case_probabilities[k] for k in ids])
-    write_classification_outputs(output_folder, ids, probs, predictor.class_names)
-    return dict(zip(ids, probs))
+    new = {k: np.asarray(v, dtype=float) for k, v in predictor.case_probabilities.items()}
+    merged = {**earlier_classifications(output_folder, predictor.class_names, exclude=new), **new}
+    ids = sorted(merged)
+    write_classification_outputs(output_folder, ids, np.stack([merged[k] for k in ids]), predictor.class_names)
+    return new
+
+
+def earlier_classifications(output_folder: str, class_names, exclude=()) -> dict[str, np.ndarray]:
+    """Probabilities already in ``output_folder/classification.json`` for cases not predicted again, so that
+    predicting more cases into a folder adds rows instead of dropping those written before (their segmentations stay
+    in the folder too). A file of another model (other classes) is an error rather than a silent mix."""
+    import json
+
+    path = os.path.join(output_folder, "classification.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        kept = {k: v["probabilities"] for k, v in old.items() if k not in exclude}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{path} exists but is not a classification.json written by nnunet-ext ({e}). Fix: move it "
+                         "away or choose another output folder (-o).") from e
+    other = sorted(k for k, p in kept.items() if list(p) != list(class_names))
+    if other:
+        raise InputError(f"{path} holds results for other classes than this model's {list(class_names)} (e.g. case "
+                         f"{other[0]!r}: {list(kept[other[0]])}). Fix: choose another output folder (-o).")
+    if kept:
+        print(f"classification.csv/.json: keeping the {len(kept)} case(s) already in {output_folder} that were not "
+              "predicted again")
+    return {k: np.array([float(p[c]) for c in class_names]) for k, p in kept.items()}
 
 
 def model_folder_from_args(dataset: str, trainer: str, plans: str, configuration: str) -> str:

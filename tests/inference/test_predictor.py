@@ -99,6 +99,59 @@ def test_channel_count_mismatch_names_the_case(tiny_multiphase, tmp_path):
         check_input_folder(str(tmp_path), dj)
 
 
+def test_truncated_nan_or_misaligned_input_files_are_refused_before_predicting(tiny_multiphase, tmp_path):
+    """Three inputs SimpleITK (and so nnU-Net) reads without complaint: a cut-off file (missing voxels read as 0), NaN
+    voxels in NIfTI (read as 0), a phase on another grid (nnU-Net only warns, then predicts misaligned)."""
+    import SimpleITK as sitk
+
+    from nnunet_ext.data.integrity import ImageFileError
+
+    dj = json.load(open(tiny_multiphase["preprocessed"] / "dataset.json", encoding="utf-8"))
+    for f in sorted((tiny_multiphase["raw"] / "imagesTr").glob("case_00[01]_*")):
+        shutil.copy(f, tmp_path / f.name)
+    target = tmp_path / "case_001_0001.nii.gz"
+    whole = target.read_bytes()
+    target.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ImageFileError, match=r"case 'case_001': channel .* is truncated or corrupt") as e:
+        check_input_folder(str(tmp_path), dj)
+    assert "Fix:" in str(e.value)
+
+    img = sitk.ReadImage(str(tmp_path / "case_000_0001.nii.gz"), sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(img)
+    arr[0, 0, :3] = np.nan
+    nan_img = sitk.GetImageFromArray(arr)
+    nan_img.CopyInformation(img)
+    sitk.WriteImage(nan_img, str(target))
+    assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(target)))).any()  # what nnU-Net would see
+    with pytest.raises(ImageFileError, match=r"case 'case_001': .* holds 3 NaN"):
+        check_input_folder(str(tmp_path), dj)
+
+    shifted = sitk.ReadImage(str(tmp_path / "case_001_0000.nii.gz"))
+    shifted.SetOrigin(tuple(o + 12.0 for o in shifted.GetOrigin()))
+    sitk.WriteImage(shifted, str(target))
+    with pytest.raises(InputError, match=r"case 'case_001': channel .* not on the voxel grid .*origin"):
+        check_input_folder(str(tmp_path), dj)
+    shutil.copy(tmp_path / "case_001_0000.nii.gz", target)
+    assert check_input_folder(str(tmp_path), dj) == ["case_000", "case_001"]
+
+
+def test_earlier_classifications_are_kept_unless_predicted_again_or_of_another_model(tmp_path):
+    from nnunet_ext.inference.predict import earlier_classifications
+    from nnunet_ext.inference.writers import write_classification_outputs
+
+    classes = ["hcc", "metastasis", "benign"]
+    write_classification_outputs(str(tmp_path), ["a", "b"], np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]), classes)
+    kept = earlier_classifications(str(tmp_path), classes, exclude={"b"})
+    assert list(kept) == ["a"]
+    np.testing.assert_allclose(kept["a"], [0.7, 0.2, 0.1])
+    assert earlier_classifications(str(tmp_path / "empty"), classes) == {}
+    with pytest.raises(InputError, match="other classes"):
+        earlier_classifications(str(tmp_path), ["hcc", "benign"])
+    (tmp_path / "classification.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(InputError, match="not a classification.json"):
+        earlier_classifications(str(tmp_path), classes)
+
+
 def test_nan_input_names_the_case(predictor):
     x = _volume(True)
     x[1, 2, 3, 4] = float("nan")
