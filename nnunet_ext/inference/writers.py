@@ -54,7 +54,10 @@ def write_classification_outputs(folder: str, case_ids: Sequence[str], probs: np
         return None
     t = np.asarray(targets)
     labeled = t != UNLABELED
-    summary = classification_summary(t[labeled], probs[labeled], class_names)
+    if labeled.any():
+        summary = classification_summary(t[labeled], probs[labeled], class_names)
+    else:  # e.g. a validation fold that drew only unlabeled cases: no metric is defined
+        summary = {"n_labeled": 0, "note": "no case of this set has a class label: no metrics"}
     summary["n_unlabeled_excluded"] = int((~labeled).sum())
     save_json_atomic(_json_safe(summary), os.path.join(folder, "summary_classification.json"))
     return summary

@@ -121,6 +121,13 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
                 f"{self.plans_manager.dataset_name} declares no classes. Fix: add a "
                 '"nnunet_ext": {"classification": {"class_names": [...]}, "cases": {...}} block (see README, '
                 '"Case-level metadata"), re-run plan-and-preprocess, or train a segmentation-only trainer.')
+        if self.requires_classification and not self.metadata.labeled_case_ids():
+            raise RuntimeError(
+                f"{self.__class__.__name__} trains a classification head, but no case of "
+                f"{self.plans_manager.dataset_name} has a class label (classes {self.metadata.class_names} are "
+                'declared, every case\'s "class" is missing or null). Fix: add the labels under '
+                'dataset.json["nnunet_ext"]["cases"][<case>]["class"] (check with `nnunet-ext validate`), or train a '
+                "segmentation-only trainer.")
         channel_names = [dataset_json["channel_names"][k] for k in sorted(dataset_json["channel_names"], key=int)]
         self.plans_manager.plans[PLANS_KEY] = make_head_settings(self.metadata, channel_names)
         self.save_every = 1
@@ -411,8 +418,12 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         summary = write_classification_outputs(
             folder, ids, np.stack([probs[k] for k in ids]), self.metadata.class_names,
             targets=self.metadata.class_targets(ids))
-        self.print_to_log_file(f"Case-level classification on {len(ids)} validation cases: "
-                               f"accuracy {summary['accuracy']:.4f}, macro AUC {summary['auc_ovr_macro']:.4f}")
+        if summary.get("n_labeled", 1):
+            self.print_to_log_file(f"Case-level classification on {len(ids)} validation cases: "
+                                   f"accuracy {summary['accuracy']:.4f}, macro AUC {summary['auc_ovr_macro']:.4f}")
+        else:
+            self.print_to_log_file(f"Case-level classification: none of the {len(ids)} validation cases has a class "
+                                   "label: no metrics (the probabilities are in validation/classification.csv)")
         return summary
 
     # ------------------------------------------------------------------ network

@@ -152,6 +152,17 @@ def test_earlier_classifications_are_kept_unless_predicted_again_or_of_another_m
         earlier_classifications(str(tmp_path), classes)
 
 
+def test_a_set_without_labeled_cases_gets_probabilities_and_no_metrics(tmp_path):
+    from nnunet_ext.inference.writers import write_classification_outputs
+
+    summary = write_classification_outputs(str(tmp_path), ["a", "b"], np.array([[0.6, 0.4], [0.3, 0.7]]),
+                                           ["hcc", "benign"], targets=[-1, -1])
+    assert summary["n_labeled"] == 0 and summary["n_unlabeled_excluded"] == 2
+    saved = json.loads((tmp_path / "summary_classification.json").read_text(encoding="utf-8"))
+    assert saved == summary
+    assert (tmp_path / "classification.csv").read_text(encoding="utf-8").count("\n") == 3
+
+
 def test_nan_input_names_the_case(predictor):
     x = _volume(True)
     x[1, 2, 3, 4] = float("nan")

@@ -83,6 +83,24 @@ def test_trainer_without_classes_fails_clearly(tiny_multiphase, tmp_path):
         EarlyFusionTrainer(plans, "3d_fullres", 0, dj, torch.device("cpu"))
 
 
+def test_head_trainer_without_any_labeled_case_fails_at_start_with_the_fix(tiny_multiphase):
+    import copy
+    import json
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_ext.trainers import EarlyFusionTrainer
+
+    plans = PlansManager(str(tiny_multiphase["preprocessed"] / "nnUNetPlans.json")).plans
+    plans["continue_training"] = False
+    dj = copy.deepcopy(json.load(open(tiny_multiphase["preprocessed"] / "dataset.json", encoding="utf-8")))
+    for case in dj["nnunet_ext"]["cases"].values():
+        case["class"] = None
+    with pytest.raises(RuntimeError, match="no case of .* has a class label") as e:
+        EarlyFusionTrainer(plans, "3d_fullres", 0, dj, torch.device("cpu"))
+    assert "Fix:" in str(e.value)
+
+
 def test_checkpoint_write_is_atomic(tiny_multiphase, monkeypatch):
     tr = make_trainer(tiny_multiphase, fold=1)
     tr.initialize()
