@@ -133,17 +133,31 @@ def check_unique_cases(entries: Iterable[tuple[str, str]], fix: str) -> None:
 
 
 # --------------------------------------------------------------------------- images
+def check_file(path: str | os.PathLike, case: str, what: str = "image") -> None:
+    """:func:`nnunet_ext.data.integrity.check_image_file` as a :class:`ConversionError` (so ``--skip-invalid`` can
+    skip the case): a truncated file (which SimpleITK reads as zeros without an error) or NaN / infinite voxels."""
+    from nnunet_ext.data.integrity import ImageFileError, check_image_file
+
+    try:
+        check_image_file(path, case, what)
+    except ImageFileError as e:
+        raise ConversionError(f"{e} Or pass --skip-invalid to leave the case out.") from e
+
+
 def read_image(path: str | os.PathLike, case: str, what: str = "image") -> sitk.Image:
-    """Read an image file with SimpleITK; a corrupt or unreadable file raises a :class:`ConversionError`."""
+    """Read an image file with SimpleITK; a missing, corrupt, truncated or NaN-holding file raises a
+    :class:`ConversionError` naming the case and the file (see :func:`check_file`)."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"case {case!r}: {what} file {path} does not exist. Fix: check the path.")
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise ConversionError(f"case {case!r}: cannot read {what} {path} ({error_summary(e)}). The file is corrupt or "
                               "not an image. Fix: re-download or re-export it, or pass --skip-invalid to leave the "
                               "case out.") from e
+    check_file(path, case, what)
+    return image
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike) -> None:

@@ -10,6 +10,11 @@ record the final metric and the recovered transform per phase. Masks (NIfTI/NRRD
 (nearest neighbour) onto the reference grid through the transform of the phase they were drawn on. Cases without a
 mask go to ``imagesTs``. Class labels and the phase order go into the ``nnunet_ext`` metadata block.
 
+Before any pixel data of a case is read, its phases are checked: one series (same folder, or same SeriesInstanceUID)
+given for two phases, or series whose PatientID, StudyInstanceUID or Modality differ (blank values, as in anonymised
+exports, are not compared) are an error; acquisition times that run backwards in the declared phase order are warned
+about (the order stays the user's declaration).
+
 Output channels: ``{case}_{k:04d}.nii.gz`` is phase ``k`` of ``phases``; arrays ``(z, y, x)`` on the reference grid.
 """
 
@@ -155,8 +160,10 @@ def convert_dicom_multiphase(source: str | Path, dataset_id: int, manifest: str 
         labels: segmentation label names for mask values 1..K (default: DICOM SEG segment labels, else "lesion").
 
     Raises:
-        ConversionError: missing phase, different geometry without registration, empty series, corrupt file,
-            duplicate case ids, unknown class label, or an existing different dataset under ``dataset_id``.
+        ConversionError: missing phase, one series for two phases, phases of different patients / studies /
+            modalities, a series_uid not in its folder, different geometry without registration, empty series,
+            corrupt file, duplicate case ids, unknown class label, or an existing different dataset under
+            ``dataset_id``.
     """
     from nnunet_ext.conversion.phase_detection import detect_phases
 
@@ -228,9 +235,13 @@ class _BuildContext:
             raise ConversionError(f"case {case!r}: missing phase(s) {missing} (it has {sorted(plan.phases)}; every "
                                   f"case needs {self.phases}). Fix: add the series to the manifest, or pass "
                                   "--skip-invalid to leave the case out.")
+        self._check_distinct_sources(case, plan)
+        found = {phase: self._find_phase(case, phase, *plan.phases[phase]) for phase in self.phases}
+        series = {p: s for p, s in found.items() if not isinstance(s, Path)}
+        self._check_series_belong_together(case, series)
         images, uids = {}, {}
         for phase in self.phases:
-            images[phase], uids[phase] = self._load_phase(case, phase, *plan.phases[phase])
+            images[phase], uids[phase] = self._read_phase(case, phase, found[phase])
         ref = images[self.reference]
         transforms: dict[str, sitk.Transform] = {}
         if self.register:
@@ -247,31 +258,89 @@ class _BuildContext:
         label = self._load_mask(case, plan, ref, uids, transforms) if plan.mask is not None else None
         self.stage.write_case(case, out, label)
 
-    def _load_phase(self, case: str, phase: str, path: Path, uid: str | None) -> tuple[sitk.Image, str | None]:
-        from nnunet_ext.conversion.dicom_io import read_series, scan_dicom
+    def _check_distinct_sources(self, case: str, plan: CasePlan) -> None:
+        """The same folder/file (with the same or no series_uid) given for two phases is an error."""
+        seen: dict[tuple[Path, str | None], str] = {}
+        for phase in self.phases:
+            path, uid = plan.phases[phase]
+            key = (path.resolve(), uid)
+            if key in seen:
+                raise ConversionError(f"case {case!r}: phases {seen[key]!r} and {phase!r} both point at {path}"
+                                      f"{f' (series_uid {uid})' if uid else ''}, so one channel would be a copy of the "
+                                      "other. Fix: give each phase its own series in the manifest (a series folder, "
+                                      "or the same folder with different series_uid values).")
+            seen[key] = phase
+
+    def _find_phase(self, case: str, phase: str, path: Path, uid: str | None):
+        """The phase's source: an image file (a :class:`Path`) or the one DICOM series it names (headers only)."""
+        from nnunet_ext.conversion.dicom_io import scan_dicom
 
         ctx = f"case {case!r} phase {phase!r}"
         if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
-            img = read_image(path, case, f"{phase} image")
-            self.modalities.add("")
-            return (img if img.GetDimension() == 3 else sitk.JoinSeries(img)), None
+            return path
         if not path.exists():
             raise ConversionError(f"{ctx}: {path} does not exist. Fix: correct the series path in the manifest.")
         series = scan_dicom(path, ctx)
+        if uid and series and not any(s.uid == uid for s in series):
+            listing = ", ".join(f"{s.uid} ({s.description!r}, {len(s.files)} files)" for s in series[:20])
+            listing += f" and {len(series) - 20} more" if len(series) > 20 else ""
+            raise ConversionError(f"{ctx}: series_uid {uid} is not in {path}; the SeriesInstanceUID(s) there: "
+                                  f"{listing}. Fix: correct the series_uid column of the manifest to one of these, or "
+                                  "leave it empty when the folder holds a single series.")
         if uid:
             series = [s for s in series if s.uid == uid]
         if not series:
-            raise ConversionError(f"{ctx}: no DICOM image series{f' with uid {uid}' if uid else ''} in {path} (empty "
-                                  "series). Fix: point the manifest at the folder holding the slices.")
+            raise ConversionError(f"{ctx}: no DICOM image series in {path} (empty series). Fix: point the manifest at "
+                                  "the folder holding the slices.")
         if len(series) > 1:
             listing = ", ".join(f"{s.uid} ({s.description!r}, {len(s.files)} files)" for s in series)
             raise ConversionError(f"{ctx}: {path} holds {len(series)} series: {listing}. Fix: add a series_uid column "
                                   "to the manifest, or give each series its own folder.")
-        s = series[0]
-        for d in s.dropped:
+        return series[0]
+
+    def _check_series_belong_together(self, case: str, series: dict) -> None:
+        """One series for two phases, or phases of different patients / studies / modalities, raise; acquisition
+        times that run backwards in the declared phase order are warned about. Blank IDs (anonymised data) are
+        unknown and not compared."""
+        by_uid: dict[str, str] = {}
+        for phase, s in series.items():
+            if s.uid in by_uid:
+                first = by_uid[s.uid]
+                raise ConversionError(f"case {case!r}: phases {first!r} and {phase!r} are the same DICOM series "
+                                      f"(SeriesInstanceUID {s.uid}; {series[first].folder} and {s.folder}), "
+                                      "so one channel would be a copy of the other. Fix: give each phase its own "
+                                      "series in the manifest.")
+            by_uid[s.uid] = phase
+        conflicts = []
+        for attr, tag in (("patient_id", "PatientID"), ("study_uid", "StudyInstanceUID"), ("modality", "Modality")):
+            values = {phase: getattr(s, attr) for phase, s in series.items() if getattr(s, attr)}
+            if len(set(values.values())) > 1:
+                conflicts.append(f"{tag} " + ", ".join(f"{p}={v!r}" for p, v in values.items()))
+        if conflicts:
+            raise ConversionError(f"case {case!r}: the phases are series of different patients, studies or "
+                                  f"modalities ({'; '.join(conflicts)}). Fix: correct the series (or series_uid) of "
+                                  "the wrong phase in the manifest so that every phase of a case comes from the same "
+                                  "patient, study and modality; blank IDs (anonymised data) are not compared.")
+        timed = [(phase, s.acquisition_time) for phase, s in series.items() if s.acquisition_time is not None]
+        backwards = [f"{b!r} at {_clock(tb)} before {a!r} at {_clock(ta)}"
+                     for (a, ta), (b, tb) in zip(timed, timed[1:]) if tb < ta]
+        if backwards:
+            self.stage.warn(f"case {case!r}: acquisition times run backwards in the phase order {self.phases}: "
+                            f"{'; '.join(backwards)}. The channels follow the declared order; check that the manifest "
+                            "(or --phases) assigns each series to the right phase.")
+
+    def _read_phase(self, case: str, phase: str, found) -> tuple[sitk.Image, str | None]:
+        from nnunet_ext.conversion.dicom_io import read_series
+
+        if isinstance(found, Path):
+            img = read_image(found, case, f"{phase} image")
+            self.modalities.add("")
+            return (img if img.GetDimension() == 3 else sitk.JoinSeries(img)), None
+        ctx = f"case {case!r} phase {phase!r}"
+        for d in found.dropped:
             self.stage.warn(f"{ctx}: dropped slice {d}")
-        self.modalities.add(s.modality)
-        return read_series(s, ctx), s.uid
+        self.modalities.add(found.modality)
+        return read_series(found, ctx), found.uid
 
     def _register(self, case: str, images: dict[str, sitk.Image], transforms: dict) -> list[sitk.Image]:
         from nnunet_ext.conversion.registration import register_rigid, resample_onto
@@ -370,6 +439,13 @@ class _BuildContext:
                 for phase, r in entry["phases"].items():
                     w.writerow([case, phase, entry["reference"], r["metric"], *r["translation_mm"], *r["rotation_deg"],
                                 r["translation_norm_mm"], r["rotation_angle_deg"], r["iterations"]])
+
+
+def _clock(seconds: float) -> str:
+    """Seconds after midnight -> ``HH:MM:SS`` (tenths when not whole)."""
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{int(h):02d}:{int(m):02d}:{sec:04.1f}" if sec % 1 else f"{int(h):02d}:{int(m):02d}:{int(sec):02d}"
 
 
 # --------------------------------------------------------------------------- CLI

@@ -7,7 +7,10 @@ names, so nnU-Net z-scores each image), the ROI as label 1 (``lesion``; any non-
 ``nnunet_ext`` metadata block with ``classification`` (class names from the distinct labels or ``classes``,
 ``lesion_labels`` [1]) and ``tabular`` (the clinical columns as features; NaN or non-numeric values are an error
 naming the case and column unless ``impute="median"``). Sequences whose grid differs from the first sequence are
-resampled (linear) onto it in physical space; arrays are ``(z, y, x)``.
+resampled (linear) onto it in physical space; so is an ROI on another grid (nearest neighbour), with a warning giving
+the foreground voxel count before and after, and an error when a non-empty ROI has no voxel left (it lies outside the
+image). A blank class label cell marks the case unlabeled (``class: null``), which is reported as a warning naming the
+cases. Arrays are ``(z, y, x)``.
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ def convert_mri_classification(source: str | Path, dataset_id: int, csv_path: st
             ``source``.
         sequences: sequence columns in channel order (default: every column whose values are image paths).
         clinical: clinical feature columns (default: all remaining columns; ``[]`` for none).
-        classes: class names (default: the sorted distinct labels); an empty label marks a case unlabeled.
+        classes: class names (default: the sorted distinct labels); an empty label marks a case unlabeled (warned).
         impute: None (missing clinical values are an error) or ``"median"``.
     """
     from nnunet_ext.data.metadata import CaseRecord, DatasetMetadata
@@ -170,15 +173,17 @@ def convert_mri_classification(source: str | Path, dataset_id: int, csv_path: st
                     img = sitk.Resample(img, images[0], sitk.Transform(), sitk.sitkLinear, 0.0, img.GetPixelID())
                     stage.warn(f"case {case!r}: {col} was resampled onto the {seqs[0]} grid")
                 images.append(with_geometry_of(img, images[0]) if images else img)
-            roi = read_image(_path(row.get(roi_column), source), case, "roi mask")
-            if roi.GetSize() != images[0].GetSize() or geometry_mismatch(images[0], roi):
-                roi = sitk.Resample(roi, images[0], sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-            label = sitk.Cast(sitk.GetImageFromArray((sitk.GetArrayViewFromImage(roi) > 0).astype(np.uint8)),
-                              sitk.sitkUInt8)
-            label.CopyInformation(images[0])
+            roi_path = _path(row.get(roi_column), source)
+            label = _roi_on_grid(stage, case, read_image(roi_path, case, "roi mask"), roi_path, images[0], seqs[0])
             stage.write_case(case, images, label)
 
         stage.for_each(list(by_case.items()), one, "MRI classification")
+        unlabeled = [c for c in stage.cases if not by_case[c][1]]
+        if class_names and unlabeled:
+            stage.warn(f"{len(unlabeled)} case(s) have a blank {label_column!r} cell and are written as unlabeled "
+                       "(class None: left out of the classification loss and metrics, still used for segmentation): "
+                       f"{_listing(unlabeled)}. Fix: fill in their class in {csv_path.name} unless they are meant to "
+                       "be unlabeled.")
         records = {c: CaseRecord(class_index=class_names.index(by_case[c][1]) if by_case[c][1] else None,
                                  tabular=tuple(float(v) for v in by_case[c][2]) if clin else None)
                    for c in stage.cases}
@@ -189,6 +194,52 @@ def convert_mri_classification(source: str | Path, dataset_id: int, csv_path: st
                                  description=f"multi-sequence MRI ({', '.join(seqs)}) with case-level classes")
 
     return job.run(build)
+
+
+def _roi_on_grid(stage: Stage, case: str, roi: sitk.Image, roi_path: Path, image: sitk.Image, image_name: str
+                 ) -> sitk.Image:
+    """The ROI (any non-zero value) as a uint8 0/1 label on ``image``'s grid. An ROI on another grid is resampled
+    (nearest neighbour, in physical space) with a warning; a non-empty ROI left with no voxel raises."""
+    if roi.GetDimension() != image.GetDimension() or roi.GetNumberOfComponentsPerPixel() != 1:
+        raise ConversionError(f"case {case!r}: roi mask {roi_path} is not a {image.GetDimension()}D single-channel "
+                              f"label image like the {image_name} image. Fix: export the ROI as one label map, or "
+                              "pass --skip-invalid to leave the case out.")
+    diff = geometry_mismatch(image, roi)
+    if diff is None:
+        mask = (sitk.GetArrayViewFromImage(roi) != 0).astype(np.uint8)
+    else:
+        before = int(np.count_nonzero(sitk.GetArrayViewFromImage(roi)))
+        grids = f"{image_name} image: {_grid(image)}; ROI: {_grid(roi)}"
+        resampled = sitk.Resample(roi, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        mask = (sitk.GetArrayViewFromImage(resampled) != 0).astype(np.uint8)
+        after = int(np.count_nonzero(mask))
+        if before and not after:
+            raise ConversionError(
+                f"case {case!r}: roi mask {roi_path} has {before} foreground voxel(s) but none is left after "
+                f"resampling it onto the {image_name} image grid: its foreground lies outside the image in physical "
+                f"space ({grids}). Fix: if the ROI was drawn on this image and only its header (spacing/origin) is "
+                "wrong, give it the image's header (e.g. SimpleITK CopyInformation); otherwise supply the ROI of this "
+                "image, or pass --skip-invalid to leave the case out.")
+        stage.warn(f"case {case!r}: roi mask {roi_path.name} is on another grid than the {image_name} image "
+                   f"({diff}) and was resampled onto it in physical space (nearest neighbour): {before} -> {after} "
+                   f"foreground voxel(s). Check that the ROI belongs to this image ({grids}).")
+    label = sitk.GetImageFromArray(mask)
+    label.CopyInformation(image)
+    return label
+
+
+def _grid(image: sitk.Image) -> str:
+    """Size, spacing, origin (and a non-identity direction) of ``image``, for messages."""
+    def fmt(values) -> str:
+        return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+    identity = np.allclose(image.GetDirection(), np.eye(image.GetDimension()).ravel(), atol=1e-3)
+    return (f"size {image.GetSize()}, spacing {fmt(image.GetSpacing())} mm, origin {fmt(image.GetOrigin())} mm"
+            + ("" if identity else f", direction {fmt(image.GetDirection())}"))
+
+
+def _listing(names: Sequence[str], n: int = 20) -> str:
+    return ", ".join(repr(c) for c in names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _path(value, source: Path) -> Path:

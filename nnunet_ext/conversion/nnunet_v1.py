@@ -3,8 +3,9 @@
 Isensee et al., "nnU-Net", Nature Methods 18, 2021: v1 raw tasks hold ``imagesTr/{case}_{c:04d}.nii.gz``,
 ``labelsTr/{case}.nii.gz`` and a ``dataset.json`` with ``modality`` (channel names), string-keyed ``labels`` and a
 ``training`` list. nnU-Net's ``nnunetv2.dataset_conversion.convert_raw_dataset_from_old_nnunet_format.convert`` copies
-the folders and rewrites the json; this module runs it on the complete cases of the source inside the staging folder
-and then checks what nnU-Net does not:
+the folders and rewrites the json; this module first checks every case of the source (an incomplete case, a truncated
+or NaN-holding file, or label values the json does not declare is an error unless ``skip_invalid``), runs it on the
+checked cases inside the staging folder and then checks what nnU-Net does not:
 
 * a channel named ``"CT"`` whose data do not look like CT (no negative values where CT in HU has air at -1000; MRI
   sequence names on the other channels or in the description; MRI hints in file names). nnU-Net would apply CT
@@ -31,6 +32,7 @@ from nnunet_ext.conversion.common import (
     ConversionResult,
     Stage,
     add_common_arguments,
+    check_file,
     existing_path,
     header_mismatch,
     image_header,
@@ -72,7 +74,10 @@ def convert_nnunet_v1(source: str | Path, dataset_id: int, output: str | Path | 
         copy_image_geometry: rewrite labels whose header disagrees with their images (same grid size) with the
             images' spacing/origin/direction; otherwise that is reported as a warning.
 
-    Cases with a missing channel file or no label are skipped and reported.
+    Raises:
+        ConversionError: a case with a missing channel or label file (or a label without images), a truncated or
+            NaN-holding image, or label values the v1 dataset.json does not declare; with ``skip_invalid`` such
+            cases are skipped and reported instead.
     """
     source = existing_path(source, "nnU-Net v1 task", folder=True)
     dj = _load_v1_json(source)
@@ -93,24 +98,27 @@ def convert_nnunet_v1(source: str | Path, dataset_id: int, output: str | Path | 
                                                              for p in c.values()]
     options = {"rename_channels": {str(k): v for k, v in sorted(rename.items())},
                "copy_image_geometry": copy_image_geometry, "skip_invalid": skip_invalid}
+    declared = _declared_label_values(source, dj)
     job = ConversionJob("nnunet-v1", dataset_id, name, output, overwrite, inputs, source, options, skip_invalid)
 
     def build(stage: Stage) -> None:
-        complete = {}
-        for case, files in train.items():
-            missing = [c for c in channels if c not in files]
-            if missing:
-                names = ", ".join(f"{case}_{c:04d}{FILE_ENDING}" for c in missing)
-                stage.skip(case, f"missing channel file(s) {names}")
-            elif case not in labels:
-                stage.skip(case, f"no label labelsTr/{case}{FILE_ENDING}")
-            else:
-                complete[case] = files
-        for case in sorted(set(labels) - set(train)):
-            stage.skip(case, f"labelsTr/{case}{FILE_ENDING} has no images")
+        complete: dict[str, dict[int, Path]] = {}
+        test_ok: dict[str, dict[int, Path]] = {}
+
+        def check_train(case: str, files: dict[int, Path]) -> None:
+            _check_case(source, case, files, channels, labels.get(case), declared)
+            complete[case] = files
+
+        def check_test(case: str, files: dict[int, Path]) -> None:
+            _check_case(source, case, files, channels, None, declared, test=True)
+            test_ok[case] = files
+
+        orphans = [(case, {}) for case in sorted(set(labels) - set(train))]
+        stage.for_each(sorted(train.items()) + orphans, check_train, "v1 check")
+        stage.for_each(sorted(tests.items()), check_test, "v1 check test")
         if not complete:
             return
-        shim = _shim_task(stage.scratch / "task", source, dj, complete, labels, tests)
+        shim = _shim_task(stage.scratch / "task", source, dj, complete, labels, test_ok)
         raw = stage.scratch / "raw"
         from nnunetv2.dataset_conversion.convert_raw_dataset_from_old_nnunet_format import convert
 
@@ -133,6 +141,51 @@ def convert_nnunet_v1(source: str | Path, dataset_id: int, output: str | Path | 
         (stage.folder / "dataset.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
 
     return job.run(build)
+
+
+def _declared_label_values(source: Path, dj: dict) -> dict[int, str]:
+    """``{value: name}`` of the v1 json's ``labels`` (string keys such as ``"1"``)."""
+    out = {}
+    for key, label_name in dj["labels"].items():
+        try:
+            out[int(str(key).strip())] = str(label_name)
+        except ValueError:
+            raise ConversionError(f"{source.name}/dataset.json: label key {key!r} is not an integer (v1 labels are "
+                                  "{\"0\": \"background\", \"1\": ...}). Fix: correct the labels object.") from None
+    return out
+
+
+def _check_case(source: Path, case: str, files: dict[int, Path], channels: list[int], label: Path | None,
+                declared: dict[int, str], test: bool = False) -> None:
+    """Raise a :class:`ConversionError` for an incomplete case (missing channel or label file), a truncated or
+    NaN-holding file, or label values the dataset.json does not declare."""
+    sub = "imagesTs" if test else "imagesTr"
+    if not files:
+        raise ConversionError(f"case {case!r}: labelsTr/{case}{FILE_ENDING} has no images (no {sub}/{case}_XXXX"
+                              f"{FILE_ENDING} in {source}). Fix: add the image files or remove the label, or pass "
+                              "--skip-invalid to leave the case out.")
+    missing = [c for c in channels if c not in files]
+    if missing:
+        names = ", ".join(f"{sub}/{case}_{c:04d}{FILE_ENDING}" for c in missing)
+        raise ConversionError(f"case {case!r}: missing channel file(s) {names} in {source} (the dataset.json declares "
+                              f"channels {channels}). Fix: add the file(s), or pass --skip-invalid to leave the case "
+                              "out.")
+    if not test and label is None:
+        raise ConversionError(f"case {case!r}: no label labelsTr/{case}{FILE_ENDING} in {source}. Fix: add the label, "
+                              "or pass --skip-invalid to leave the case out.")
+    for c in channels:
+        check_file(files[c], case, f"channel {c} image")
+    if label is None:
+        return
+    label_image = read_image(label, case, "label")  # keep a reference: the array view does not own the voxels
+    values = np.unique(sitk.GetArrayViewFromImage(label_image))
+    unexpected = [v for v in values.tolist() if v not in declared]
+    if unexpected:
+        raise ConversionError(f"case {case!r}: label {label.name} contains value(s) {unexpected} that "
+                              f"{source.name}/dataset.json does not declare (its labels are "
+                              f"{', '.join(f'{v} {n}' for v, n in sorted(declared.items()))}). Fix: correct the label "
+                              "file or add the values to the dataset.json labels, or pass --skip-invalid to leave the "
+                              "case out.")
 
 
 def _scan_channels(folder: Path) -> dict[str, dict[int, Path]]:

@@ -195,3 +195,102 @@ def test_real_dicom_seg_mask(real_data, tmp_path):
     assert dj["labels"] == {"background": 0, "Liver": 1}
     img = sitk.ReadImage(str(res.folder / "imagesTr" / "liver3_0000.nii.gz"))
     assert img.GetSize() == (512, 512, 3)
+
+
+DCE = ("phase0_precontrast", "phase1_8.0s", "phase2_41.7s", "phase3_83.9s")
+DCE_PHASES = ("precontrast", "arterial", "portal_venous", "delayed")
+
+
+def _dce_manifest(path, folders, uids=None):
+    """One case (ProstateX-0218) whose phases precontrast..delayed are ``folders`` (real DCE series by default)."""
+    rows = [{"case": "ProstateX-0218", "phase": p, "series": str(f), "series_uid": (uids or {}).get(p, "")}
+            for p, f in zip(DCE_PHASES, folders)]
+    _write_rows(path, rows)
+    return path
+
+
+def _retag(folder, **tags):
+    import pydicom
+
+    for f in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(str(f))
+        for k, v in tags.items():
+            setattr(ds, k, v)
+        ds.save_as(str(f))
+
+
+def test_real_dce_same_series_for_two_phases_raises(real_data, copy_of, tmp_path):
+    dce = real_data / "mri_prostate_dce"
+    out = tmp_path / "raw"
+    manifest = _dce_manifest(tmp_path / "m.csv", [dce / DCE[0], dce / DCE[1], dce / DCE[1], dce / DCE[3]])
+    with pytest.raises(ConversionError, match=r"case 'ProstateX-0218': phases 'arterial' and 'portal_venous' both "
+                                              r"point at .*phase1_8.0s.*Fix: give each phase its own series"):
+        convert_dicom_multiphase(dce, 922, manifest, output=out, register=False)
+    # a copy of a series in another folder is still the same series (same SeriesInstanceUID)
+    copy = copy_of(dce / DCE[1])
+    manifest = _dce_manifest(tmp_path / "m.csv", [dce / DCE[0], dce / DCE[1], copy, dce / DCE[3]])
+    with pytest.raises(ConversionError, match=r"case 'ProstateX-0218': phases 'arterial' and 'portal_venous' are the "
+                                              r"same DICOM series \(SeriesInstanceUID 1\.3\.6\.1\.4\.1\.14519\.5\.2\.1"
+                                              r"\.7310\.5101\.320607021052290186907163164234;"):
+        convert_dicom_multiphase(dce, 922, manifest, output=out, register=False)
+    assert _nothing_written(out)
+
+
+def test_real_series_of_another_patient_or_modality_raise(real_data, copy_of, tmp_path):
+    dce = real_data / "mri_prostate_dce"
+    out = tmp_path / "raw"
+    # a CT of another patient and study registered onto the MR case
+    manifest = _dce_manifest(tmp_path / "m.csv", [dce / DCE[0], real_data / "ct_liver_dicom_seg", dce / DCE[2],
+                                                  dce / DCE[3]])
+    with pytest.raises(ConversionError, match=r"case 'ProstateX-0218': the phases are series of different patients, "
+                                              r"studies or modalities \(PatientID precontrast='ProstateX-0218', "
+                                              r"arterial='99000', .*; StudyInstanceUID .*; Modality "
+                                              r"precontrast='MR', arterial='CT', portal_venous='MR', delayed='MR'\)\. "
+                                              r"Fix: correct the series"):
+        convert_dicom_multiphase(dce, 923, manifest, output=out, register=False)
+    # the CT series without PatientID / StudyInstanceUID: only the modality can be compared
+    manifest = _dce_manifest(tmp_path / "m.csv", [dce / DCE[0], real_data / "ct_abdomen" / "dicom_series",
+                                                  dce / DCE[2], dce / DCE[3]])
+    with pytest.raises(ConversionError, match=r"modalities \(Modality precontrast='MR', arterial='CT', "
+                                              r"portal_venous='MR', delayed='MR'\)"):
+        convert_dicom_multiphase(dce, 923, manifest, output=out, register=False)
+    # the same MR series relabelled as another patient
+    other = copy_of(dce / DCE[1])
+    _retag(other, PatientID="ProstateX-0999")
+    manifest = _dce_manifest(tmp_path / "m.csv", [dce / DCE[0], other, dce / DCE[2], dce / DCE[3]])
+    with pytest.raises(ConversionError, match=r"modalities \(PatientID precontrast='ProstateX-0218', "
+                                              r"arterial='ProstateX-0999', portal_venous='ProstateX-0218', "
+                                              r"delayed='ProstateX-0218'\)\. Fix"):
+        convert_dicom_multiphase(dce, 923, manifest, output=out, register=False)
+    assert _nothing_written(out)
+    # anonymised: blank PatientID and StudyInstanceUID are unknown, not a conflict
+    _retag(other, PatientID="", StudyInstanceUID="")
+    res = convert_dicom_multiphase(dce, 923, manifest, output=out, register=False)
+    assert res.test_cases == ["ProstateX-0218"]
+    assert not [w for w in res.warnings if "backwards" in w]  # the real acquisition times follow the phase order
+
+
+def test_real_acquisition_times_against_phase_order_warn(real_data, tmp_path):
+    dce = real_data / "mri_prostate_dce"
+    manifest = _dce_manifest(tmp_path / "m.csv", [dce / DCE[0], dce / DCE[2], dce / DCE[1], dce / DCE[3]])
+    res = convert_dicom_multiphase(dce, 924, manifest, output=tmp_path / "raw", register=False)
+    [warning] = [w for w in res.warnings if "backwards" in w]
+    assert ("case 'ProstateX-0218': acquisition times run backwards in the phase order ['precontrast', 'arterial', "
+            "'portal_venous', 'delayed']: 'portal_venous' at 12:57:05.3 before 'arterial' at 12:57:43.8") in warning
+    # the channels keep the declared order
+    arterial = sitk.ReadImage(str(res.folder / "imagesTs" / "ProstateX-0218_0001.nii.gz"))
+    [s] = scan_dicom(dce / DCE[2], "t")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(arterial), sitk.GetArrayFromImage(read_series(s, "t")))
+
+
+def test_real_wrong_series_uid_lists_the_series_present(real_data, tmp_path):
+    dce = real_data / "mri_prostate_dce"
+    out = tmp_path / "raw"
+    manifest = _dce_manifest(tmp_path / "m.csv", [dce / d for d in DCE], uids={"arterial": "1.2.3.4"})
+    with pytest.raises(ConversionError, match=r"case 'ProstateX-0218' phase 'arterial': series_uid 1\.2\.3\.4 is not "
+                                              r"in .*phase1_8\.0s; the SeriesInstanceUID\(s\) there: 1\.3\.6\.1\.4\.1"
+                                              r"\.14519\.5\.2\.1\.7310\.5101\.320607021052290186907163164234 "
+                                              r"\('Twist_dynamic_Wip576_TT=8\.0s', 20 files\)\. Fix: correct the "
+                                              r"series_uid column"):
+        convert_dicom_multiphase(dce, 925, manifest, output=out, register=False)
+    assert _nothing_written(out)

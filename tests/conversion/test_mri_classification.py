@@ -78,6 +78,8 @@ def test_duplicates_unlabeled_and_resampled_sequence(tmp_path):
     block = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))["nnunet_ext"]
     assert block["cases"]["pat002"] == {"class": None} and "tabular" not in block
     assert any("pat001" in w and "t2fs was resampled" in w for w in res.warnings)
+    [blank] = [w for w in res.warnings if "blank 'label' cell" in w]
+    assert "1 case(s)" in blank and "'pat002'" in blank and "unlabeled" in blank and "labels.csv" in blank
     img = sitk.ReadImage(str(res.folder / "imagesTr" / "pat001_0002.nii.gz"))
     assert img.GetSize() == (24, 24, 8)
     with open(table, encoding="utf-8") as f:
@@ -85,3 +87,72 @@ def test_duplicates_unlabeled_and_resampled_sequence(tmp_path):
     (tmp_path / "d" / "labels.csv").write_text("\n".join(rows + [rows[1]]) + "\n", encoding="utf-8")
     with pytest.raises(ConversionError, match=r"duplicate case id.*'pat000' from row 2, row 5"):
         convert_mri_classification(tmp_path / "d", 932, output=tmp_path / "raw")
+
+
+def _real_prostate_table(real_data, folder):
+    """A CSV over the real ProstateX images, with the real lesion labels as ROI: their header says 3.6 mm slices and
+    another origin than the images, so in physical space they lie beside the images."""
+    src = real_data / "mri_prostate_multisequence"
+    folder.mkdir()
+    with open(folder / "table.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["case", "label", "t2w", "adc", "hbv", "roi"])
+        for case, cls in (("ProstateX-0000_07-07-2011", "csPCa"), ("ProstateX-0001_07-08-2011", "benign")):
+            w.writerow([case, cls, *(src / "imagesTr" / f"{case}_{c:04d}.nii.gz" for c in range(3)),
+                        src / "labelsTr" / f"{case}.nii.gz"])
+    return folder
+
+
+def test_real_roi_that_vanishes_on_the_image_grid_raises(real_data, tmp_path):
+    folder = _real_prostate_table(real_data, tmp_path / "prostate")
+    out = tmp_path / "raw"
+    with pytest.raises(ConversionError, match=r"case 'ProstateX-0000_07-07-2011': roi mask .*ProstateX-0000_07-07-2011"
+                                              r".nii.gz has 512 foreground voxel\(s\) but none is left after "
+                                              r"resampling it onto the t2w image grid.*t2w image: size "
+                                              r"\(160, 160, 20\), spacing \(0.5, 0.5, 3\) mm.*ROI: size "
+                                              r"\(160, 160, 20\), spacing \(0.5, 0.5, 3.6\) mm.*Fix: "
+                                              r".*CopyInformation.*--skip-invalid"):
+        convert_mri_classification(folder, 933, output=out, clinical=[])
+    assert not out.exists() or not any(out.iterdir())
+    res = convert_mri_classification(folder, 933, output=out, clinical=[], skip_invalid=True)
+    assert res.cases == ["ProstateX-0001_07-08-2011"] and res.skipped[0].case == "ProstateX-0000_07-07-2011"
+    # the negative case's (empty) ROI is on the same foreign grid: converted, but not silently
+    [warning] = [w for w in res.warnings if "roi mask" in w]
+    assert "'ProstateX-0001_07-08-2011'" in warning and "another grid" in warning and "0 -> 0 foreground" in warning
+
+
+def test_roi_on_another_grid_is_warned_and_far_away_roi_raises(tmp_path):
+    table = make_mri_classification(tmp_path / "d", n=2, clinical={})
+    roi = sitk.ReadImage(str(tmp_path / "d" / "images" / "pat001" / "roi.nii.gz"))
+    fine = sitk.Resample(roi, [48, 48, 8], sitk.Transform(), sitk.sitkNearestNeighbor, roi.GetOrigin(),
+                         [0.75, 0.75, 3.0], roi.GetDirection(), 0)
+    sitk.WriteImage(fine, str(tmp_path / "d" / "images" / "pat001" / "roi.nii.gz"))
+    n_fine = int(sitk.GetArrayFromImage(fine).sum())
+    res = convert_mri_classification(tmp_path / "d", 926, output=tmp_path / "raw")
+    [warning] = [w for w in res.warnings if "roi mask" in w]
+    assert "case 'pat001'" in warning and "spacing (1.5, 1.5, 3) vs (0.75, 0.75, 3)" in warning
+    assert f"{n_fine} -> {int(sitk.GetArrayFromImage(roi).sum())} foreground voxel(s)" in warning
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(res.folder / "labelsTr" / "pat001.nii.gz")))
+    np.testing.assert_array_equal(label, sitk.GetArrayFromImage(roi))
+    far = sitk.Image(roi)
+    far.SetOrigin((0.0, 0.0, 500.0))  # same voxels, 50 cm away from the images
+    sitk.WriteImage(far, str(tmp_path / "d" / "images" / "pat001" / "roi.nii.gz"))
+    with pytest.raises(ConversionError, match=rf"case 'pat001': roi mask .*roi.nii.gz has {int(label.sum())} "
+                                              r"foreground voxel\(s\) but none is left.*origin \(0, 0, 500\) mm"):
+        convert_mri_classification(tmp_path / "d", 927, output=tmp_path / "raw")
+    assert not (tmp_path / "raw" / "Dataset927_MRIClassification").exists()
+    assert table.exists()
+
+
+def test_truncated_sequence_file_raises(tmp_path):
+    make_mri_classification(tmp_path / "d", n=2, clinical={})
+    t2 = tmp_path / "d" / "images" / "pat001" / "t2.nii.gz"
+    data = t2.read_bytes()
+    t2.write_bytes(data[: len(data) * 2 // 3])  # SimpleITK alone reads this without an error
+    out = tmp_path / "raw"
+    with pytest.raises(ConversionError, match=r"case 'pat001': t2 image .*t2.nii.gz is truncated or corrupt.*Fix: "
+                                              r"re-export or re-download the file.*--skip-invalid"):
+        convert_mri_classification(tmp_path / "d", 925, output=out)
+    assert not out.exists() or not any(out.iterdir())
+    res = convert_mri_classification(tmp_path / "d", 925, output=out, skip_invalid=True)
+    assert res.cases == ["pat000"] and res.skipped[0].case == "pat001"

@@ -4,6 +4,7 @@ and on a look-alike (missing channel, CT channel that really is CT, bad rename).
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -46,15 +47,63 @@ def test_real_prostate_fixed_passes_integrity_check(real_data, tmp_path):
     verify_dataset_integrity(str(res.folder), num_processes=1)
 
 
-def test_lookalike_skips_incomplete_cases_and_accepts_real_ct(tmp_path):
+def test_incomplete_cases_raise_unless_skip_invalid_and_real_ct_is_accepted(tmp_path):
     src = make_v1_task(tmp_path, "Task101_Liver", modalities={"0": "CT", "1": "CT"}, n=3, mri=False)
-    (src / "imagesTr" / "case01_0001.nii.gz").unlink()
+    out = tmp_path / "raw"
     (src / "labelsTr" / "case02.nii.gz").unlink()
-    res = convert_nnunet_v1(src, 936, output=tmp_path / "raw")
+    with pytest.raises(ConversionError, match=r"case 'case02': no label labelsTr/case02.nii.gz .*Fix: add the label, "
+                                              r"or pass --skip-invalid"):
+        convert_nnunet_v1(src, 936, output=out)
+    (src / "imagesTr" / "case01_0001.nii.gz").unlink()
+    with pytest.raises(ConversionError, match=r"case 'case01': missing channel file\(s\) imagesTr/case01_0001.nii.gz"
+                                              r".*Fix: add the file\(s\), or pass --skip-invalid"):
+        convert_nnunet_v1(src, 936, output=out)
+    assert not out.exists() or not any(out.iterdir())  # nothing written, not even a partial dataset
+    shutil.copy(src / "labelsTr" / "case00.nii.gz", src / "labelsTr" / "case07.nii.gz")
+    res = convert_nnunet_v1(src, 936, output=out, skip_invalid=True)
     assert res.folder.name == "Dataset936_Liver" and res.cases == ["case00"]
     reasons = {s.case: s.reason for s in res.skipped}
-    assert "missing channel file(s) case01_0001.nii.gz" in reasons["case01"] and "no label" in reasons["case02"]
+    assert "missing channel file(s) imagesTr/case01_0001.nii.gz" in reasons["case01"]
+    assert "no label" in reasons["case02"] and "labelsTr/case07.nii.gz has no images" in reasons["case07"]
     assert not res.warnings  # a real CT channel is not flagged
+
+
+def test_undeclared_label_values_raise(tmp_path):
+    src = make_v1_task(tmp_path, "Task103_Pros", n=2)
+    ref = sitk.ReadImage(str(src / "labelsTr" / "case01.nii.gz"))
+    arr = sitk.GetArrayFromImage(ref)
+    arr[0, 0, :3] = (7, 255, 7)
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(ref)
+    sitk.WriteImage(bad, str(src / "labelsTr" / "case01.nii.gz"))
+    out = tmp_path / "raw"
+    with pytest.raises(ConversionError, match=r"case 'case01': label case01.nii.gz contains value\(s\) \[7, 255\] "
+                                              r"that Task103_Pros/dataset.json does not declare \(its labels are "
+                                              r"0 background, 1 lesion\)\. Fix"):
+        convert_nnunet_v1(src, 939, output=out)
+    assert not out.exists() or not any(out.iterdir())
+    res = convert_nnunet_v1(src, 939, output=out, skip_invalid=True)
+    assert res.cases == ["case00"] and "[7, 255]" in res.skipped[0].reason
+
+
+def test_truncated_source_file_raises(real_data, copy_of, tmp_path):
+    src = copy_of(real_data / PROSTATE)
+    adc = src / "imagesTr" / "ProstateX-0001_07-08-2011_0001.nii.gz"
+    data = adc.read_bytes()
+    adc.write_bytes(data[: len(data) // 2])  # `head -c`: SimpleITK reads this without an error, as zeros
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(adc))).shape == (20, 160, 160)
+    out = tmp_path / "raw"
+    with pytest.raises(ConversionError, match=r"case 'ProstateX-0001_07-08-2011': channel 1 image .*"
+                                              r"ProstateX-0001_07-08-2011_0001.nii.gz is truncated or corrupt.*Fix"):
+        convert_nnunet_v1(src, 940, output=out, name="ProstateX")
+    assert not out.exists() or not any(out.iterdir())
+    label = src / "labelsTr" / "ProstateX-0000_07-07-2011.nii.gz"
+    adc.write_bytes(data)
+    label.write_bytes(label.read_bytes()[:-40])
+    with pytest.raises(ConversionError, match=r"case 'ProstateX-0000_07-07-2011': label .* is truncated"):
+        convert_nnunet_v1(src, 940, output=out, name="ProstateX")
+    res = convert_nnunet_v1(src, 940, output=out, name="ProstateX", skip_invalid=True)
+    assert res.cases == ["ProstateX-0001_07-08-2011"] and res.skipped[0].case == "ProstateX-0000_07-07-2011"
 
 
 def test_rename_via_cli_and_bad_index(tmp_path, capsys):
