@@ -127,6 +127,16 @@ class DatasetMetadata:
     def labeled_case_ids(self) -> list[str]:
         return sorted(k for k, r in self.cases.items() if r.class_index is not None)
 
+    def check_trainable(self, where: str = "dataset.json") -> None:
+        """Raise :class:`MetadataError` when classes are declared but no case has a class label: the metadata is
+        valid, but a classification head cannot be trained on it (the training would fail late, in sklearn)."""
+        if self.has_classification and not self.labeled_case_ids():
+            raise MetadataError(
+                f"{where}: classification.class_names declares the classes {self.class_names}, but none of the "
+                f'{len(self.cases)} cases has a class label (every case is "class": null). Fix: give the labeled '
+                f'cases "class": "<name>" under dataset.json["{METADATA_KEY}"]["cases"], or remove the '
+                '"classification" block for a segmentation-only dataset.')
+
     # ------------------------------------------------------------ (de)serialise
     def to_json(self) -> dict:
         """The ``"nnunet_ext"`` block in its canonical form (class labels written as names)."""
@@ -218,7 +228,8 @@ class DatasetMetadata:
 
 # --------------------------------------------------------------------------- parsing helpers
 def _fmt_ids(ids: list[str], limit: int = 20) -> str:
-    shown = ", ".join(repr(i) for i in ids[:limit])
+    # str(): nnU-Net enumerates case ids with np.unique, whose np.str_ would print as np.str_('case_000')
+    shown = ", ".join(repr(str(i)) for i in ids[:limit])
     return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
 
 
@@ -296,19 +307,20 @@ def _parse_cases(raw_cases: Mapping, class_names, tab_names, problems) -> dict[s
             else:
                 class_index = _class_index(entry["class"], class_names)
                 if class_index is _INVALID:
-                    bad_class.append(f"{case_id!r} ({entry['class']!r})")
+                    bad_class.append(f"{str(case_id)!r} ({entry['class']!r})")
                     class_index = None
         elif entry.get("class") is not None:
-            bad_class.append(f"{case_id!r} ({entry['class']!r}, but no classification.class_names are declared)")
+            bad_class.append(f"{str(case_id)!r} ({entry['class']!r}, but no classification.class_names are "
+                             "declared)")
         text = entry.get("text")
         if text is not None and not isinstance(text, str):
-            bad_text.append(f"{case_id!r} ({type(text).__name__})")
+            bad_text.append(f"{str(case_id)!r} ({type(text).__name__})")
             text = None
         tab = None
         if "tabular" in entry and entry["tabular"] is not None:
             tab, why = _tabular_vector(entry["tabular"], tab_names)
             if why:
-                bad_tab.append(f"{case_id!r} ({why})")
+                bad_tab.append(f"{str(case_id)!r} ({why})")
         cases[str(case_id)] = CaseRecord(class_index=class_index, text=text, tabular=tab)
     if bad_entry:
         problems.append(f"case entries must be objects: {_fmt_ids(bad_entry)}.")

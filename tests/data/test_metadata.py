@@ -145,3 +145,29 @@ def test_corrupt_dataset_json_is_reported(tmp_path):
     (tmp_path / "dataset.json").write_text('{"labels": {,}', encoding="utf-8")
     with pytest.raises(MetadataError, match="not valid JSON"):
         validate_raw_dataset(str(tmp_path))
+
+
+def test_case_ids_from_numpy_print_as_plain_strings():
+    # nnU-Net enumerates case ids with np.unique: np.str_, whose repr is np.str_('d')
+    import numpy as np
+
+    with pytest.raises(MetadataError) as e:
+        DatasetMetadata.from_dataset_json(_dj(), np.unique(CASES + ["d"]))
+    assert "no class label: 'd'." in str(e.value) and "np.str_" not in str(e.value)
+    md = DatasetMetadata.from_dataset_json(_dj(), CASES)
+    with pytest.raises(MetadataError) as e:
+        md.texts(np.unique(CASES))
+    assert "description: 'c'." in str(e.value) and "np.str_" not in str(e.value)
+
+
+def test_declared_classes_without_any_labeled_case_are_not_trainable():
+    dj = _dj()
+    for entry in dj[METADATA_KEY]["cases"].values():
+        entry["class"] = None
+    md = DatasetMetadata.from_dataset_json(dj, CASES)  # valid metadata ...
+    with pytest.raises(MetadataError) as e:  # ... that a classification head cannot be trained on
+        md.check_trainable("Dataset/dataset.json")
+    msg = str(e.value)
+    assert "Dataset/dataset.json" in msg and "['HCC', 'benign']" in msg and "none of the 3 cases" in msg
+    assert 'Fix: give the labeled cases "class": "<name>"' in msg
+    DatasetMetadata.from_dataset_json(_dj(), CASES).check_trainable()  # one labeled case is enough
