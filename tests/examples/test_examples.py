@@ -71,12 +71,14 @@ def test_synthetic_comparison_methods_selects_a_subset_in_report_order():
 
 def test_synthetic_comparison_smoke(tmp_path, isolated_env):
     """Also the parallel path (``--jobs``): each training is its own ``nnunet-ext train`` process."""
-    out = _load("synthetic_comparison").main(["--smoke", "-o", str(tmp_path), "-device", "cpu", "--jobs", "2"])
+    methods = ["nnUNetTrainer", "STDNetTrainer", "STDNetTrainer_noTemporal"]  # the full method list: unit test above
+    out = _load("synthetic_comparison").main(["--smoke", "-o", str(tmp_path), "-device", "cpu", "--jobs", "2",
+                                              "--methods", *methods])
     res = out["benchmark"]
-    assert len(res.methods) == 6 and res.ablation is not None
+    assert [m.trainer for m in res.methods] == [f"{m}_smoke" for m in methods] and res.ablation is not None
     assert os.path.isfile(os.path.join(res.output_folder, "ablation.png"))
     logs = sorted(p.name for p in (tmp_path / "logs").glob("*_fold0.log"))
-    assert len(logs) == 6 and "STDNetTrainer_smoke_fold0.log" in logs  # one log per training process
+    assert logs == sorted(f"{m}_smoke_fold0.log" for m in methods)  # one log per training process
     for m in res.methods:  # every process finished its fold
         assert (tmp_path / "nnUNet_results" / out["dataset"] / f"{m.trainer}__{m.plans}__3d_fullres" / "fold_0" /
                 "checkpoint_final.pth").is_file()
