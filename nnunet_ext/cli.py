@@ -107,24 +107,16 @@ def _check_dataset_args(args) -> None:
 
 def _trainer_names() -> tuple[list[str], list[str]]:
     """(nnunet-ext trainers, nnU-Net's own trainers), by class name."""
-    import importlib
     import inspect
-    import pkgutil
 
     import nnunetv2.training.nnUNetTrainer as stock
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     import nnunet_ext.trainers as ours
+    from nnunet_ext.introspection import subclass_names
 
     ext = [n for n in ours.__all__ if inspect.isclass(getattr(ours, n, None))]
-    names = set()
-    for m in pkgutil.walk_packages(stock.__path__, stock.__name__ + "."):
-        try:
-            module = importlib.import_module(m.name)
-        except Exception:  # noqa: BLE001  a variant module needing an optional dependency
-            continue
-        names |= {k for k, v in vars(module).items() if inspect.isclass(v) and issubclass(v, nnUNetTrainer)}
-    return ext, sorted(names - set(ext))
+    return ext, sorted(subclass_names(stock, nnUNetTrainer) - set(ext))
 
 
 def _find_trainer(name: str) -> type:

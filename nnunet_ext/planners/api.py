@@ -169,23 +169,15 @@ def nonfinite_files(raw_folder: str) -> list[str]:
 def _planner_names() -> tuple[list[str], list[str]]:
     """(nnunet-ext planners, nnU-Net's experiment planners), by class name."""
     import importlib
-    import inspect
-    import pkgutil
 
     import nnunetv2.experiment_planning.experiment_planners as stock
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
+    from nnunet_ext.introspection import subclass_names
     from nnunet_ext.planners import PLANNERS
 
     importlib.import_module("nnunet_ext.planners.registry")
-    names = set()
-    for m in pkgutil.walk_packages(stock.__path__, stock.__name__ + "."):
-        try:
-            module = importlib.import_module(m.name)
-        except Exception:  # noqa: BLE001  a planner module needing an optional dependency
-            continue
-        names |= {k for k, v in vars(module).items() if inspect.isclass(v) and issubclass(v, ExperimentPlanner)}
-    return sorted(PLANNERS), sorted(names - set(PLANNERS))
+    return sorted(PLANNERS), sorted(subclass_names(stock, ExperimentPlanner) - set(PLANNERS))
 
 
 def resolve_planner(name: str) -> type:
