@@ -147,25 +147,6 @@ def check_training_cases(raw_folder: str, dataset_json: dict | None = None, num_
     return problems
 
 
-def nonfinite_files(raw_folder: str) -> list[str]:
-    """Training images and labels of a raw dataset that contain NaN or infinite values (relative paths). Reads
-    NIfTI with nibabel (:func:`~nnunet_ext.data.integrity.read_voxels`): SimpleITK returns NaN there as 0."""
-    import numpy as np
-    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
-
-    from nnunet_ext.data.integrity import read_voxels
-    from nnunet_ext.data.metadata import load_dataset_json
-
-    dj = load_dataset_json(os.path.join(raw_folder, "dataset.json"))
-    bad = []
-    for case in get_filenames_of_train_images_and_targets(raw_folder, dj).values():
-        for f in [*case["images"], case["label"]]:
-            voxels = read_voxels(f)
-            if np.issubdtype(voxels.dtype, np.floating) and not np.isfinite(voxels).all():
-                bad.append(os.path.relpath(f, raw_folder))
-    return bad
-
-
 def _planner_names() -> tuple[list[str], list[str]]:
     """(nnunet-ext planners, nnU-Net's experiment planners), by class name."""
     import importlib
@@ -305,16 +286,9 @@ def plan_and_preprocess(dataset_id: int, planner: str = "ExperimentPlanner",
             os.replace(splits_file, splits_file + SPLITS_STALE_SUFFIX)
             print(f"--clean: {splits_file} did not match the cases; kept as {splits_file + SPLITS_STALE_SUFFIX}")
 
-    try:
-        extract_fingerprint_dataset(dataset_id, check_dataset_integrity=verify_dataset_integrity, clean=clean,
-                                    num_processes=num_processes, verbose=verbose)
-    except AssertionError as e:  # nnU-Net asserts "... contains NaN values" without saying which case
-        if "nan" not in str(e).lower():
-            raise
-        bad = nonfinite_files(raw_folder)
-        raise DataError(f"{len(bad)} file(s) of {dataset_name} contain NaN or infinite values: "
-                        f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. Fix: replace them (e.g. with the "
-                        "image minimum, or 0 in a label map) and re-run.") from None
+    # NaN / inf voxels, which nnU-Net's fingerprint only asserts on without naming the case, were refused above
+    extract_fingerprint_dataset(dataset_id, check_dataset_integrity=verify_dataset_integrity, clean=clean,
+                                num_processes=num_processes, verbose=verbose)
     # nnU-Net's VRAM estimate calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0 (in-process DA)
     saved = os.environ.get("nnUNet_n_proc_DA")
     if saved is not None and int(saved) < 1:

@@ -16,7 +16,7 @@ from nnunet_ext.planners.api import DataError, PlanError, plan_and_preprocess
 
 
 def test_nan_voxels_are_reported_with_the_file(nnunet_dirs):
-    # .mha keeps NaN (SimpleITK's NIfTI reader turns NaN into 0 on reading, so NIfTI inputs never carry it)
+    # .mha, read by SimpleITK (NIfTI is read with nibabel for this check: SimpleITK returns its NaN voxels as 0)
     raw = make_tiny_multiphase_dataset(str(nnunet_dirs["nnUNet_raw"]), 915, n_cases=5, name="WithNaN",
                                        file_ending=".mha")
     path = os.path.join(raw, "imagesTr", "case_002_0001.mha")
