@@ -121,13 +121,8 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
                 f"{self.plans_manager.dataset_name} declares no classes. Fix: add a "
                 '"nnunet_ext": {"classification": {"class_names": [...]}, "cases": {...}} block (see README, '
                 '"Case-level metadata"), re-run plan-and-preprocess, or train a segmentation-only trainer.')
-        if self.requires_classification and not self.metadata.labeled_case_ids():
-            raise RuntimeError(
-                f"{self.__class__.__name__} trains a classification head, but no case of "
-                f"{self.plans_manager.dataset_name} has a class label (classes {self.metadata.class_names} are "
-                'declared, every case\'s "class" is missing or null). Fix: add the labels under '
-                'dataset.json["nnunet_ext"]["cases"][<case>]["class"] (check with `nnunet-ext validate`), or train a '
-                "segmentation-only trainer.")
+        if self.requires_classification:  # classes declared but no case labeled: fail now, not in sklearn at the end
+            self.metadata.check_trainable(f"dataset.json of {self.plans_manager.dataset_name}")
         channel_names = [dataset_json["channel_names"][k] for k in sorted(dataset_json["channel_names"], key=int)]
         self.plans_manager.plans[PLANS_KEY] = make_head_settings(self.metadata, channel_names)
         self.save_every = 1

@@ -89,6 +89,7 @@ def test_head_trainer_without_any_labeled_case_fails_at_start_with_the_fix(tiny_
 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    from nnunet_ext.data.metadata import MetadataError
     from nnunet_ext.trainers import EarlyFusionTrainer
 
     plans = PlansManager(str(tiny_multiphase["preprocessed"] / "nnUNetPlans.json")).plans
@@ -96,7 +97,8 @@ def test_head_trainer_without_any_labeled_case_fails_at_start_with_the_fix(tiny_
     dj = copy.deepcopy(json.load(open(tiny_multiphase["preprocessed"] / "dataset.json", encoding="utf-8")))
     for case in dj["nnunet_ext"]["cases"].values():
         case["class"] = None
-    with pytest.raises(RuntimeError, match="no case of .* has a class label") as e:
+    with pytest.raises(MetadataError, match="dataset.json of Dataset900_TinyMultiphase: .* none of the 10 cases has "
+                                            "a class label") as e:
         EarlyFusionTrainer(plans, "3d_fullres", 0, dj, torch.device("cpu"))
     assert "Fix:" in str(e.value)
 
