@@ -9,6 +9,7 @@ keeps NaN); other formats (``.mha``, ``.nrrd``, ...) are read with SimpleITK, wh
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -36,6 +37,23 @@ def read_voxels(path: str | os.PathLike) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(path))
 
 
+def channel_files(folder: str, ending: str) -> tuple[dict[str, dict[int, str]], list[str]]:
+    """nnU-Net's image naming in ``folder``: ``({case: {channel index: path}}, [files with the ending but without the
+    _XXXX channel suffix])``."""
+    pattern = re.compile(rf"(.+)_(\d{{4}}){re.escape(ending)}")
+    cases: dict[str, dict[int, str]] = {}
+    strays = []
+    for f in sorted(os.listdir(folder)):
+        if not f.endswith(ending):
+            continue
+        m = pattern.fullmatch(f)
+        if m is None:
+            strays.append(f)
+        else:
+            cases.setdefault(m.group(1), {})[int(m.group(2))] = os.path.join(folder, f)
+    return cases, strays
+
+
 def check_image_file(path: str | os.PathLike, case: str, what: str = "image") -> None:
     """Raise :class:`ImageFileError` if ``path`` is missing, cut short, unreadable, or holds NaN / infinite voxels."""
     path = str(path)
@@ -57,4 +75,4 @@ def check_image_file(path: str | os.PathLike, case: str, what: str = "image") ->
                 "with the background intensity) or crop them away, then rerun.")
 
 
-__all__ = ["ImageFileError", "check_image_file", "read_voxels"]
+__all__ = ["ImageFileError", "channel_files", "check_image_file", "read_voxels"]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
-from collections import defaultdict
 
 import numpy as np
 import torch
 
+from nnunet_ext.data.integrity import channel_files
 from nnunet_ext.data.metadata import load_dataset_json
 from nnunet_ext.errors import NnunetExtError
 
@@ -23,15 +22,8 @@ def check_input_folder(input_folder: str, dataset_json: dict) -> list[str]:
     n_channels = len(dataset_json["channel_names"])
     if not os.path.isdir(input_folder):
         raise InputError(f"input folder {input_folder} does not exist")
-    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(ending)}$")
-    channels: dict[str, set[int]] = defaultdict(set)
-    strays = []
-    for f in sorted(os.listdir(input_folder)):
-        m = pattern.match(f)
-        if m:
-            channels[m.group(1)].add(int(m.group(2)))
-        elif f.endswith(ending):
-            strays.append(f)
+    files, strays = channel_files(input_folder, ending)
+    channels = {case: set(found) for case, found in files.items()}
     if strays:
         raise InputError(f"{input_folder}: files without the _XXXX channel suffix: {strays[:5]}. Fix: name images "
                          f"CASE_0000{ending}, CASE_0001{ending}, ... (one file per channel).")

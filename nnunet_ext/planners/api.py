@@ -41,7 +41,8 @@ def _declared_label_values(dataset_json) -> set[int]:
 def _training_files(raw_folder: str, dataset_json: dict, problems: list[str]) -> dict[str, dict]:
     """{case: {"channels": {index: path}, "label": path}} of the training cases, as nnU-Net enumerates them."""
     import copy
-    import re
+
+    from nnunet_ext.data.integrity import channel_files
 
     ending = dataset_json["file_ending"]
     if "dataset" in dataset_json:  # explicit file lists: nnU-Net's own expansion of the paths
@@ -53,19 +54,9 @@ def _training_files(raw_folder: str, dataset_json: dict, problems: list[str]) ->
     if not os.path.isdir(images_dir):
         problems.append(f"{images_dir} does not exist. Fix: put the training images there (CASE_XXXX{ending}).")
         return {}
-    pattern = re.compile(rf"(.+)_(\d{{4}}){re.escape(ending)}")
-    cases: dict[str, dict] = {}
-    strays = []
-    for f in sorted(os.listdir(images_dir)):
-        if not f.endswith(ending):
-            continue
-        m = pattern.fullmatch(f)
-        if m is None:
-            strays.append(f)
-            continue
-        case = cases.setdefault(m.group(1), {"channels": {},
-                                             "label": os.path.join(raw_folder, "labelsTr", m.group(1) + ending)})
-        case["channels"][int(m.group(2))] = os.path.join(images_dir, f)
+    found, strays = channel_files(images_dir, ending)
+    cases = {case: {"channels": channels, "label": os.path.join(raw_folder, "labelsTr", case + ending)}
+             for case, channels in found.items()}
     if strays:
         problems.append(f"{len(strays)} file(s) in {images_dir} lack the _XXXX channel suffix: {', '.join(strays[:5])}"
                         f"{' ...' if len(strays) > 5 else ''}. Fix: name images CASE_0000{ending}, CASE_0001{ending}, "
