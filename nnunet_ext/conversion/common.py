@@ -133,13 +133,17 @@ def check_unique_cases(entries: Iterable[tuple[str, str]], fix: str) -> None:
 
 
 # --------------------------------------------------------------------------- images
-def check_file(path: str | os.PathLike, case: str, what: str = "image") -> None:
+def check_file(path: str | os.PathLike, case: str, what: str = "image", image: sitk.Image | None = None) -> None:
     """:func:`nnunet_ext.data.integrity.check_image_file` as a :class:`ConversionError` (so ``--skip-invalid`` can
-    skip the case): a truncated file (which SimpleITK reads as zeros without an error) or NaN / infinite voxels."""
-    from nnunet_ext.data.integrity import ImageFileError, check_image_file
+    skip the case): a truncated file (which SimpleITK reads as zeros without an error) or NaN / infinite voxels.
+    ``image``: SimpleITK's read of ``path``, checked instead of reading the file again where that is enough."""
+    from nnunet_ext.data.integrity import ImageFileError, check_image_file, check_voxels, needs_own_read
 
     try:
-        check_image_file(path, case, what)
+        if image is not None and not needs_own_read(path):
+            check_voxels(sitk.GetArrayViewFromImage(image), path, case, what)
+        else:
+            check_image_file(path, case, what)
     except ImageFileError as e:
         raise ConversionError(f"{e} Or pass --skip-invalid to leave the case out.") from e
 
@@ -156,7 +160,7 @@ def read_image(path: str | os.PathLike, case: str, what: str = "image") -> sitk.
         raise ConversionError(f"case {case!r}: cannot read {what} {path} ({error_summary(e)}). The file is corrupt or "
                               "not an image. Fix: re-download or re-export it, or pass --skip-invalid to leave the "
                               "case out.") from e
-    check_file(path, case, what)
+    check_file(path, case, what, image)
     return image
 
 

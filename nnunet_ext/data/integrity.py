@@ -66,6 +66,17 @@ def check_image_file(path: str | os.PathLike, case: str, what: str = "image") ->
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ImageFileError(f"case {case!r}: {what} {path} is truncated or corrupt ({reason[:200]}). Nothing was "
                              "written for this case. Fix: re-export or re-download the file.") from e
+    check_voxels(voxels, path, case, what)
+
+
+def needs_own_read(path: str | os.PathLike) -> bool:
+    """Whether an image SimpleITK has already read must be read again to be checked (NIfTI: SimpleITK hides a short
+    file and NaN there); for other formats :func:`check_voxels` on SimpleITK's array is enough."""
+    return _is_nifti(str(path))
+
+
+def check_voxels(voxels: np.ndarray, path: str | os.PathLike, case: str, what: str = "image") -> None:
+    """Raise :class:`ImageFileError` if ``voxels`` (read from ``path``) hold NaN or infinite values."""
     if np.issubdtype(voxels.dtype, np.floating) or np.issubdtype(voxels.dtype, np.complexfloating):
         bad = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
         if bad:
@@ -75,4 +86,4 @@ def check_image_file(path: str | os.PathLike, case: str, what: str = "image") ->
                 "with the background intensity) or crop them away, then rerun.")
 
 
-__all__ = ["ImageFileError", "channel_files", "check_image_file", "read_voxels"]
+__all__ = ["ImageFileError", "channel_files", "check_image_file", "check_voxels", "needs_own_read", "read_voxels"]
