@@ -5,7 +5,8 @@
 # From the repository root on the GPU machine:
 #   bash benchmarks/synthetic_comparison_gpu.sh WORKSPACE [COPY_TO] [EXTRA ARGUMENTS]
 # EXTRA ARGUMENTS go to examples/synthetic_comparison.py (e.g. --controls --jobs 8 adds the prediction-pooling and all-SGD STD-Net controls;
-# --methods nnUNetTrainer STDNetTrainer STDNetTrainer_predictionPool --jobs 3 trains only those).
+# --methods nnUNetTrainer STDNetTrainer STDNetTrainer_predictionPool --jobs 3 trains only those; the diagnostics
+# STDNetTrainer_fp32Temporal, STDNetTrainer_shallowTemporal and STDNetTrainer_headLR1e4 are trained only when named there).
 # More than one device call (each at most 10 min): run with COMPARISON_TIMEOUT=540 and the workspace under /tmp, then
 # repeat the same command at once (the machine stays warm ~30 s): finished folds are skipped, interrupted ones resume
 # from their last epoch (--c).

@@ -49,6 +49,7 @@ grouped-conv encoder would need re-implementing every block and norm).
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import numpy as np
@@ -62,7 +63,7 @@ from torch import nn
 from nnunet_ext.architectures.blocks.conv_gru import ConvGRU, ConvGRUCell
 from nnunet_ext.architectures.blocks.heads import ClassificationHead, lesion_weighted_pool
 from nnunet_ext.architectures.blocks.phase_fusion import PhaseWeighting, ReferencePhaseAttention
-from nnunet_ext.architectures.blocks.temporal_transformer import TemporalTransformer
+from nnunet_ext.architectures.blocks.temporal_transformer import TemporalTransformer, autocast_off
 
 TEMPORAL_KINDS = ("transformer", "mean", "convgru")
 SKIP_FUSIONS = {"none": None, "weights": PhaseWeighting, "attention": ReferencePhaseAttention}
@@ -92,6 +93,10 @@ class STDNet(nn.Module):
         temporal: "transformer" | "mean" | "convgru" (see module docstring).
         temporal_depth, temporal_heads, temporal_dim, temporal_mlp_ratio, temporal_dropout, temporal_norm_first:
             transformer hyper-parameters (paper: 6, 8, 768, 4).
+        temporal_fp32: run the Transformer and its output projection in float32 also under fp16/bf16 autocast
+            (default False: its linear layers follow autocast; LayerNorm, softmax and the residual stream are float32
+            either way). A diagnostic switch for precision questions (``STDNetTrainer_fp32Temporal``); it costs the
+            Transformer's share of the step (well under 1% of the FLOPs at the paper's sizes) in fp32/TF32 speed.
         skip_fusion: "none" | "weights" | "attention".
         share_weights: one encoder for all phases (paper) or one per phase (ablation).
         convgru_hidden: ConvGRU hidden width (None: bottleneck width).
@@ -127,7 +132,7 @@ class STDNet(nn.Module):
                  temporal_norm_first: bool = True, skip_fusion: str = "none", share_weights: bool = True,
                  convgru_hidden: int | None = None, cls_hidden: int = 512, cls_dropout: float = 0.3,
                  num_tabular: int = 0, nonlin_first: bool = False, cls_pool_channels: list[int] | None = None,
-                 cls_activation: str = "leaky_relu"):
+                 cls_activation: str = "leaky_relu", temporal_fp32: bool = False):
         super().__init__()
         n = input_channels if num_phases is None else int(num_phases)
         if n < 1 or input_channels % n:
@@ -145,6 +150,7 @@ class STDNet(nn.Module):
         self.num_phases, self.channels_per_phase, self.reference_phase = n, input_channels // n, ref
         self.temporal_kind, self.share_weights, self.encoder_kind = temporal, share_weights, encoder
         self.cls_pool_channels = list(cls_pool_channels) if cls_pool_channels else None
+        self.temporal_fp32 = bool(temporal_fp32)
 
         common = dict(n_stages=n_stages, features_per_stage=features_per_stage, conv_op=conv_op,
                       kernel_sizes=kernel_sizes, strides=strides, conv_bias=conv_bias, norm_op=norm_op,
@@ -211,10 +217,11 @@ class STDNet(nn.Module):
             return ref + self.temporal_out(h), h, None
         tokens = f.flatten(3).permute(0, 3, 1, 2).reshape(-1, n, c)  # (B*L_b, N, C_b)
         locations = tokens.shape[0] // b
-        out = self.temporal(tokens, return_attention)
-        z, weights = out if return_attention else (out, None)
+        with autocast_off(tokens.device.type) if self.temporal_fp32 else contextlib.nullcontext():
+            out = self.temporal(tokens.float() if self.temporal_fp32 else tokens, return_attention)
+            z, weights = out if return_attention else (out, None)
+            delta = self.temporal_out(z[:, 1 + self.reference_phase]).unflatten(0, (b, locations))
         cls_feat = z[:, 0].unflatten(0, (b, locations)).transpose(1, 2).reshape(b, -1, *spatial)
-        delta = self.temporal_out(z[:, 1 + self.reference_phase]).unflatten(0, (b, locations))
         ctx = ref + delta.transpose(1, 2).reshape(b, c, *spatial)
         if weights is not None:
             weights = [w.unflatten(0, (b, locations)) for w in weights]

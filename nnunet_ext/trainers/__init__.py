@@ -16,11 +16,14 @@ from nnunet_ext.trainers.stdnet import (
     STDNET_TRAINERS,
     STDNetTrainer,
     STDNetTrainer_ConvGRU,
+    STDNetTrainer_fp32Temporal,
+    STDNetTrainer_headLR1e4,
     STDNetTrainer_nnUNetSGD,
     STDNetTrainer_noTemporal,
     STDNetTrainer_noWeightSharing,
     STDNetTrainer_paperLoss,
     STDNetTrainer_predictionPool,
+    STDNetTrainer_shallowTemporal,
 )
 
 # vanilla nnU-Net with only the schedule changed (the segmentation reference on the same short schedules)
@@ -33,7 +36,8 @@ globals().update(_VARIANTS)
 __all__ = ["MultiTaskTrainer", "EarlyFusionTrainer", "EarlyFusionTrainer_nnUNetSGD",
            "EarlyFusionTrainer_predictionPool", "STDNetTrainer", "STDNetTrainer_noTemporal",
            "STDNetTrainer_noWeightSharing", "STDNetTrainer_ConvGRU", "STDNetTrainer_paperLoss",
-           "STDNetTrainer_nnUNetSGD", "STDNetTrainer_predictionPool", "SCHEDULES", *sorted(_VARIANTS)]
+           "STDNetTrainer_nnUNetSGD", "STDNetTrainer_predictionPool", "STDNetTrainer_fp32Temporal",
+           "STDNetTrainer_shallowTemporal", "STDNetTrainer_headLR1e4", "SCHEDULES", *sorted(_VARIANTS)]
 
 
 def trainer_discovery_path() -> str:

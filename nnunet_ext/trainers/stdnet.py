@@ -16,7 +16,17 @@ from the dataset metadata. Ablations (paper, ablation study) are one-line varian
 ``STDNetTrainer_ConvGRU``           ConvGRU over phases instead of the Transformer (``temporal="convgru"``)
 ``STDNetTrainer_paperLoss``         L = L_seg + 1.0 * CE, L_seg = 0.5 * Dice(squared denominators) + 0.5 * BCE
 ``STDNetTrainer_nnUNetSGD``         every parameter with nnU-Net's SGD (no AdamW for transformer and head): control
+``STDNetTrainer_predictionPool``    the head pools with the predicted lesion in training steps too: control
 =================================  ============================================================================
+
+Diagnostics for why the Transformer's head stays at the class prior in the synthetic GPU comparison
+(``benchmarks/RESULTS.md``, "Does decoupling help?"), each changing one suspect:
+
+==================================  ===========================================================================
+``STDNetTrainer_fp32Temporal``      Transformer and its output projection in float32 under autocast (precision)
+``STDNetTrainer_shallowTemporal``   a 1-layer Transformer instead of the plans' depth (optimisation depth)
+``STDNetTrainer_headLR1e4``         AdamW lr 1e-4 instead of 3e-4 for temporal modeler and head (step size)
+==================================  ===========================================================================
 
 The "joint 4D CNN" ablation is the early-fusion baseline, :class:`~nnunet_ext.trainers.early_fusion.EarlyFusionTrainer`.
 """
@@ -176,5 +186,21 @@ class STDNetTrainer_predictionPool(STDNetTrainer):
     head_pool_in_training = "prediction"
 
 
+STDNetTrainer_fp32Temporal = stdnet_variant(
+    "STDNetTrainer_fp32Temporal", "Diagnostic: STD-Net whose Transformer and output projection run in float32 under "
+    "nnU-Net's fp16 autocast (``temporal_fp32=True``); everything else as STDNetTrainer.", temporal_fp32=True)
+STDNetTrainer_shallowTemporal = stdnet_variant(
+    "STDNetTrainer_shallowTemporal", "Diagnostic: STD-Net with a 1-layer Transformer (``temporal_depth=1``; heads and "
+    "width from the plans); everything else as STDNetTrainer.", temporal_depth=1)
+
+
+class STDNetTrainer_headLR1e4(STDNetTrainer):
+    """Diagnostic: STD-Net whose temporal modeler and head train with AdamW lr 1e-4 instead of the paper's 3e-4
+    (:attr:`~nnunet_ext.trainers.multitask.MultiTaskTrainer.head_lr`); everything else as STDNetTrainer."""
+
+    head_lr = 1e-4
+
+
 STDNET_TRAINERS = (STDNetTrainer, STDNetTrainer_noTemporal, STDNetTrainer_noWeightSharing, STDNetTrainer_ConvGRU,
-                   STDNetTrainer_paperLoss, STDNetTrainer_nnUNetSGD, STDNetTrainer_predictionPool)
+                   STDNetTrainer_paperLoss, STDNetTrainer_nnUNetSGD, STDNetTrainer_predictionPool,
+                   STDNetTrainer_fp32Temporal, STDNetTrainer_shallowTemporal, STDNetTrainer_headLR1e4)

@@ -138,6 +138,24 @@ def test_autocast_outputs_are_finite(dtype, temporal):
         torch.testing.assert_close(out["attention"].sum(-1), torch.ones_like(out["attention"][..., 0]))
 
 
+def test_temporal_fp32_keeps_the_transformer_in_float32_under_autocast():
+    """``temporal_fp32``: under bf16 autocast the Transformer path computes exactly what it computes without autocast
+    (control: without the switch its linear layers run in bf16 and the result differs)."""
+    f = torch.randn(2, 3, 16, *BOTTLENECK)  # (B, N, C_bottleneck, *S): the encoder's last output
+    for fp32 in (True, False):
+        net = make(3, temporal_fp32=fp32).eval()
+        with torch.no_grad():
+            ref_ctx, ref_cls, _ = net._temporal_context(f)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                ctx, cls, _ = net._temporal_context(f)
+        if fp32:
+            assert cls.dtype == ctx.dtype == torch.float32
+            torch.testing.assert_close(cls, ref_cls, rtol=0, atol=0)
+            torch.testing.assert_close(ctx, ref_ctx, rtol=0, atol=0)
+        else:
+            assert not torch.equal(cls.float(), ref_cls)
+
+
 def test_feature_map_size_grows_with_phases_and_temporal_cost():
     sizes = {n: make(n).compute_conv_feature_map_size(PATCH) for n in (1, 3, 6)}
     assert sizes[1] < sizes[3] < sizes[6]

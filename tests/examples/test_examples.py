@@ -69,6 +69,16 @@ def test_synthetic_comparison_methods_selects_a_subset_in_report_order():
         mod.methods("gpu2500", "STDNetPlans", only=["STDNetTrainer_typo"])
 
 
+def test_synthetic_comparison_every_method_is_an_exported_trainer():
+    import nnunet_ext.trainers as trainers
+
+    mod = _load("synthetic_comparison")
+    for schedule in ("gpu2500", "smoke"):
+        picked = mod.methods(schedule, "STDNetPlans", only=list(mod.ALL_METHODS))
+        assert len(picked) == len(mod.ALL_METHODS)
+        assert [t for t, _ in picked if t not in trainers.__all__] == []
+
+
 def test_synthetic_comparison_smoke(tmp_path, isolated_env):
     """Also the parallel path (``--jobs``): each training is its own ``nnunet-ext train`` process."""
     methods = ["nnUNetTrainer", "STDNetTrainer", "STDNetTrainer_noTemporal"]  # the full method list: unit test above

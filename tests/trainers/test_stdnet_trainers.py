@@ -145,6 +145,24 @@ def test_variants_change_only_their_setting(dataset, trainer, expected):
     assert not net.decoder.deep_supervision
 
 
+def test_diagnostic_variants_change_only_their_suspect(dataset):
+    import nnunet_ext.trainers as trainers
+
+    pm = _plans_manager(dataset["pre"], TINY_PLANS)
+
+    def build(name):
+        return getattr(trainers, name).build_network_architecture(pm, pm.get_configuration("3d_fullres"), 3, 3, False)
+
+    full, fp32, shallow = build("STDNetTrainer"), build("STDNetTrainer_fp32Temporal"), build(
+        "STDNetTrainer_shallowTemporal")
+    assert fp32.temporal_fp32 and not full.temporal_fp32 and not shallow.temporal_fp32
+    assert str(fp32) == str(full)  # same modules, only the precision of their forward differs
+    assert len(full.temporal.blocks) > 1 and len(shallow.temporal.blocks) == 1
+    assert (shallow.temporal.dim, shallow.temporal.heads) == (full.temporal.dim, full.temporal.heads)
+    assert str(shallow.decoder) == str(full.decoder) and str(shallow.cls_head) == str(full.cls_head)
+    assert trainers.STDNetTrainer_headLR1e4.head_lr == 1e-4 and trainers.STDNetTrainer.head_lr == 3e-4
+
+
 def test_trainer_toggles_deep_supervision_and_paper_loss_keeps_its_wrapper(dataset):
     from nnunetv2.run.run_training import get_trainer_from_args
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
@@ -163,7 +181,8 @@ def test_trainer_toggles_deep_supervision_and_paper_loss_keeps_its_wrapper(datas
     assert tr.network.decoder.deep_supervision is True
 
 
-@pytest.mark.parametrize("trainer, hybrid", [("STDNetTrainer_smoke", True), ("STDNetTrainer_nnUNetSGD_smoke", False)])
+@pytest.mark.parametrize("trainer, hybrid", [("STDNetTrainer_smoke", True), ("STDNetTrainer_nnUNetSGD_smoke", False),
+                                             ("STDNetTrainer_headLR1e4_smoke", True)])
 def test_transformer_and_head_train_with_adamw_and_the_unet_with_nnunet_sgd(dataset, trainer, hybrid):
     from nnunetv2.run.run_training import get_trainer_from_args
 
@@ -184,6 +203,7 @@ def test_transformer_and_head_train_with_adamw_and_the_unet_with_nnunet_sgd(data
     assert (sgd["lr"], sgd["momentum"], sgd["nesterov"], sgd["weight_decay"]) == (tr.initial_lr, 0.99, True,
                                                                                     tr.weight_decay)
     assert (adamw["initial_lr"], adamw["weight_decay"]) == (tr.head_lr, tr.head_weight_decay)
+    assert tr.head_lr == (1e-4 if "headLR1e4" in trainer else 3e-4)
     assert tr.warmup_iterations() == 1  # 5% of the smoke schedule's 2 iterations, at least 1
 
 

@@ -40,7 +40,8 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -
                       for i in range(0, q.shape[0], _MAX_SDPA_BATCH)])
 
 
-def _autocast_off(device_type: str):
+def autocast_off(device_type: str):
+    """A context that switches autocast off on ``device_type`` (a no-op context where autocast does not exist)."""
     try:
         return torch.autocast(device_type=device_type, enabled=False)
     except RuntimeError:  # device types without autocast (e.g. "meta", used for memory estimates)
@@ -51,7 +52,7 @@ class LayerNormFp32(nn.LayerNorm):
     """LayerNorm computed in float32 (also under fp16/bf16 autocast); returns the input dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _autocast_off(x.device.type):
+        with autocast_off(x.device.type):
             w = self.weight.float() if self.weight is not None else None
             b = self.bias.float() if self.bias is not None else None
             return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
