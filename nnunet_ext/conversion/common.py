@@ -270,6 +270,13 @@ class Stage:
         self.skipped.append(SkippedCase(case, reason))
         _echo(f"skipped case {case!r}: {reason}")
 
+    def incomplete(self, case: str, reason: str, fix: str) -> None:
+        """A case whose image or label is missing: a :class:`ConversionError` naming the case and ``fix``, or with
+        ``skip_invalid`` a skipped (and reported) case."""
+        if not self.skip_invalid:
+            raise ConversionError(f"case {case!r}: {reason}. Fix: {fix}, or pass --skip-invalid to leave it out.")
+        self.skip(case, reason)
+
     def warn(self, message: str) -> None:
         self.warnings.append(message)
         _echo(f"WARNING: {message}")

@@ -118,6 +118,10 @@ def _part_folder(patient: Path, part: str, scratch: Path, case: str) -> Path | N
     return dest / part if (dest / part).is_dir() else dest
 
 
+IRCADB_FIX = ("restore the patient folder from the 3D-IRCADb-01 download (PATIENT_DICOM.zip and MASKS_DICOM.zip with "
+              "a liver mask)")
+
+
 def load_ircadb_case(patient: Path, case: str, scratch: Path) -> tuple[sitk.Image, sitk.Image] | str:
     """``(ct, label)`` on the CT grid, or the reason the case cannot be used (missing archive or liver mask)."""
     from nnunet_ext.conversion.dicom_io import read_series, scan_dicom
@@ -192,7 +196,7 @@ def convert_ircadb(source: str | Path, dataset_id: int, output: str | Path | Non
         def one(case: str, patient: Path) -> None:
             loaded = load_ircadb_case(patient, case, stage.scratch)
             if isinstance(loaded, str):
-                stage.skip(case, loaded)
+                stage.incomplete(case, loaded, IRCADB_FIX)
                 return
             ct, label = loaded
             text = user_texts.get(case) or (_describe(ct, label) if describe else None)
@@ -228,7 +232,7 @@ def convert_ircadb_2d(source: str | Path, dataset_id: int, output: str | Path | 
         def one(case: str, patient: Path) -> None:
             loaded = load_ircadb_case(patient, case, stage.scratch)
             if isinstance(loaded, str):
-                stage.skip(case, loaded)
+                stage.incomplete(case, loaded, IRCADB_FIX)
                 return
             ct, label = loaded
             zs = np.flatnonzero(sitk.GetArrayViewFromImage(label).reshape(label.GetSize()[2], -1).max(axis=1) > 0)

@@ -82,11 +82,13 @@ def convert_lits(source: str | Path, dataset_id: int, output: str | Path | None 
 
     def build(stage: Stage) -> None:
         for seg in orphans:
-            stage.skip(seg, f"{seg} has no matching volume file")
+            stage.incomplete(seg, f"{seg} has no matching volume file", "add its volume-N.nii or remove it")
         labeled = []
         for case, (vol, seg) in train.items():
             if seg is None:
-                stage.skip(case, f"{vol.name} has no segmentation-{vol.name.split('-')[-1]} beside it")
+                seg_name = f"segmentation-{vol.name.split('-')[-1]}"
+                stage.incomplete(case, f"{vol.name} has no {seg_name} beside it",
+                                 f"put {seg_name} beside it (test volumes are named test-volume-N.nii)")
             else:
                 labeled.append((case, (vol, seg)))
         stage.for_each(labeled, lambda c, vs: _convert_case(stage, c, *vs, copy_image_geometry), "LiTS training")

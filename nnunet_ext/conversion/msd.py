@@ -82,7 +82,8 @@ def convert_msd(source: str | Path, dataset_id: int, output: str | Path | None =
         if hidden:
             stage.warn(f"ignored {len(hidden)} macOS metadata file(s) such as {hidden[0]} (not images)")
         for case in sorted(set(labels) - set(images)):
-            stage.skip(case, f"labelsTr/{case}{FILE_ENDING} has no image in imagesTr")
+            stage.incomplete(case, f"labelsTr/{case}{FILE_ENDING} has no image in imagesTr",
+                             f"add imagesTr/{case}{FILE_ENDING} or remove the label")
         checked: dict[str, dict[str, Path]] = {"imagesTr": {}, "imagesTs": {}}
 
         def check(case: str, item: tuple[str, Path]) -> None:
@@ -100,7 +101,8 @@ def convert_msd(source: str | Path, dataset_id: int, output: str | Path | None =
             if case in labels:
                 todo.append((case, ("imagesTr", path)))
             else:
-                stage.skip(case, f"imagesTr/{path.name} has no label in labelsTr")
+                stage.incomplete(case, f"imagesTr/{path.name} has no label in labelsTr",
+                                 f"add labelsTr/{case}{FILE_ENDING} (unlabeled images belong in imagesTs)")
         stage.for_each(todo, check, "MSD check")
         stage.for_each([(c, ("imagesTs", p)) for c, p in tests.items()], check, "MSD check test")
         if not checked["imagesTr"]:

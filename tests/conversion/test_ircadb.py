@@ -45,18 +45,20 @@ def test_3d_and_2d_datasets_with_generated_texts(ircadb, tmp_path):
     assert len(md2.cases) == len(list((folder_2d / "labelsTr").iterdir()))
 
 
-def test_texts_from_file_and_skipped_patient(ircadb, tmp_path, capsys):
+def test_texts_from_file_and_incomplete_patient(ircadb, tmp_path, capsys):
     src = tmp_path / "src"
     shutil.copytree(ircadb, src)
     (src / "3Dircadb1.2" / "MASKS_DICOM.zip").unlink()
     texts = tmp_path / "texts.json"
     texts.write_text(json.dumps({"3Dircadb1.1": "two hypodense lesions in the right lobe"}), encoding="utf-8")
-    res = convert_ircadb(src, 924, output=tmp_path / "raw", texts=texts)
+    with pytest.raises(ConversionError, match=r"'ircadb1_002': no MASKS_DICOM.zip.*Fix: restore.*--skip-invalid"):
+        convert_ircadb(src, 924, output=tmp_path / "raw", texts=texts)
+    res = convert_ircadb(src, 924, output=tmp_path / "raw", texts=texts, skip_invalid=True)
     assert res.cases == ["ircadb1_001"] and res.skipped[0].case == "ircadb1_002"
     assert "no MASKS_DICOM.zip" in res.skipped[0].reason and "skipped case 'ircadb1_002'" in capsys.readouterr().out
     block = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))["nnunet_ext"]
     assert block["cases"] == {"ircadb1_001": {"text": "two hypodense lesions in the right lobe"}}
-    res2d = convert_ircadb_2d(src, 925, output=tmp_path / "raw", texts=texts, describe=False)
+    res2d = convert_ircadb_2d(src, 925, output=tmp_path / "raw", texts=texts, describe=False, skip_invalid=True)
     cases = json.loads((res2d.folder / "dataset.json").read_text(encoding="utf-8"))["nnunet_ext"]["cases"]
     assert cases and all(v == {"text": "two hypodense lesions in the right lobe"} for v in cases.values())
 

@@ -107,15 +107,24 @@ def test_corrupt_file_error_and_skip_invalid(tmp_path, capsys):
     assert report["skipped"][0]["case"] == "lits_001"
 
 
-def test_unpaired_files_are_skipped_and_reported(tmp_path):
+def test_unpaired_files_raise_or_with_skip_invalid_are_skipped_and_reported(tmp_path):
     src = make_lits(tmp_path, n_train=3, n_test=0)
     os.remove(src / "Training Batch 1" / "segmentation-2.nii")
     write(tiny_liver(seed=9)[1], src / "Training Batch 1" / "segmentation-9.nii")
-    res = convert_lits(src, 925, output=tmp_path / "raw")
+    with pytest.raises(ConversionError, match=r"segmentation-9.nii.*no matching volume.*--skip-invalid"):
+        convert_lits(src, 925, output=tmp_path / "raw")
+    os.rename(src / "Training Batch 1" / "segmentation-9.nii", tmp_path / "segmentation-9.nii")
+    with pytest.raises(ConversionError, match=r"'lits_002'.*no segmentation-2.nii.*Fix: put segmentation-2.nii"):
+        convert_lits(src, 925, output=tmp_path / "raw")
+    assert not (tmp_path / "raw" / "Dataset925_LiTS").exists()  # nothing half-written
+    os.rename(tmp_path / "segmentation-9.nii", src / "Training Batch 1" / "segmentation-9.nii")
+    res = convert_lits(src, 925, output=tmp_path / "raw", skip_invalid=True)
     assert res.cases == ["lits_000", "lits_001"]
     reasons = {s.case: s.reason for s in res.skipped}
     assert "no segmentation-2.nii" in reasons["lits_002"] and "no matching volume" in reasons["segmentation-9.nii"]
-    # unexpected label values
+    # unexpected label values (the unpaired files removed first: they would fail before)
+    os.remove(src / "Training Batch 1" / "segmentation-9.nii")
+    os.remove(src / "Training Batch 1" / "volume-2.nii")
     write(np.full((8, 24, 24), 3, np.uint8), src / "Training Batch 1" / "segmentation-0.nii")
     with pytest.raises(ConversionError, match=r"lits_000.*label values \[3\]"):
         convert_lits(src, 926, output=tmp_path / "raw")

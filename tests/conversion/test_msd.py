@@ -19,7 +19,10 @@ def test_task03_liver_layout_idempotent_and_skips(tmp_path, capsys):
     (src / "labelsTr" / "liver_2.nii.gz").unlink()  # an image without label
     (src / "imagesTr" / "._liver_0.nii.gz").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork
     out = tmp_path / "raw"
-    res = convert_msd(src, 930, output=out)
+    with pytest.raises(ConversionError, match=r"'liver_2'.*no label in labelsTr.*Fix: add labelsTr/liver_2.nii.gz"):
+        convert_msd(src, 930, output=out)
+    assert not (out / "Dataset930_Liver").exists()
+    res = convert_msd(src, 930, output=out, skip_invalid=True)
     assert res.folder.name == "Dataset930_Liver"
     assert res.cases == ["liver_0", "liver_1"] and res.test_cases == ["liver_3"]
     assert [s.case for s in res.skipped] == ["liver_2"] and "no label" in res.skipped[0].reason
@@ -32,7 +35,7 @@ def test_task03_liver_layout_idempotent_and_skips(tmp_path, capsys):
     img = sitk.ReadImage(str(res.folder / "imagesTr" / "liver_1_0000.nii.gz"))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(img), tiny_liver(seed=1)[0])
     assert "skipped case 'liver_2'" in capsys.readouterr().out
-    again = convert_msd(src, 930, output=out)
+    again = convert_msd(src, 930, output=out, skip_invalid=True)
     assert again.already_converted and [s.case for s in again.skipped] == ["liver_2"]
     assert "skipped" in capsys.readouterr().out  # skipped cases are reported again
 
