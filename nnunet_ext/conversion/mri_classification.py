@@ -46,6 +46,10 @@ def _is_image_column(rows: list[dict], col: str) -> bool:
     return bool(values) and any(values) and all(v.lower().endswith(IMAGE_SUFFIXES) for v in values if v)
 
 
+# how spreadsheets, pandas and R write an empty cell; never taken as a class name unless --classes names it
+MISSING_VALUE_SPELLINGS = frozenset({"nan", "na", "n/a", "none", "null", "#n/a", "<na>", "missing"})
+
+
 def read_table(csv_path: Path, case_column: str, label_column: str, roi_column: str,
                sequences: Sequence[str] | None, clinical: Sequence[str] | None
                ) -> tuple[list[dict], list[str], list[str]]:
@@ -147,6 +151,12 @@ def convert_mri_classification(source: str | Path, dataset_id: int, csv_path: st
     cases = [safe_case_id(r[case_column]) for r in rows]
     check_unique_cases(((c, f"row {i + 2}") for i, c in enumerate(cases)), f"one row per case in {csv_path.name}.")
     labels = [str(r.get(label_column) or "").strip() or None for r in rows]
+    missing_like = sorted({f"{c!r} ({lab!r})" for c, lab in zip(cases, labels)
+                           if lab and lab.lower() in MISSING_VALUE_SPELLINGS and lab not in (classes or ())})
+    if missing_like:
+        raise ConversionError(f"{csv_path.name}: class label cells that read like a missing value exported by a "
+                              f"spreadsheet or pandas: {', '.join(missing_like)}. Fix: leave the cell blank for an "
+                              "unlabeled case, or name the label in --classes if it really is a class.")
     class_names = list(classes) if classes else sorted({lab for lab in labels if lab})
     unknown = sorted({f"{c!r} ({lab!r})" for c, lab in zip(cases, labels) if lab and lab not in class_names})
     if unknown:

@@ -89,6 +89,19 @@ def test_duplicates_unlabeled_and_resampled_sequence(tmp_path):
         convert_mri_classification(tmp_path / "d", 932, output=tmp_path / "raw")
 
 
+def test_label_spelled_like_a_missing_value_raises_unless_named_in_classes(tmp_path):
+    table = make_mri_classification(tmp_path / "d", n=3, clinical={})
+    _edit(table, "pat001", "label", "NaN")
+    with pytest.raises(ConversionError, match=r"missing value.*'pat001' \('NaN'\).*Fix: leave the cell blank"):
+        convert_mri_classification(tmp_path / "d", 933, output=tmp_path / "raw")
+    assert not (tmp_path / "raw").exists() or not list((tmp_path / "raw").iterdir())
+    with open(table, encoding="utf-8") as f:
+        others = sorted({r["label"] for r in csv.DictReader(f)} - {"NaN"})
+    res = convert_mri_classification(tmp_path / "d", 933, output=tmp_path / "raw", classes=[*others, "NaN"])
+    block = json.loads((res.folder / "dataset.json").read_text(encoding="utf-8"))["nnunet_ext"]
+    assert block["cases"]["pat001"]["class"] == "NaN"
+
+
 def _real_prostate_table(real_data, folder):
     """A CSV over the real ProstateX images, with the real lesion labels as ROI: their header says 3.6 mm slices and
     another origin than the images, so in physical space they lie beside the images."""
