@@ -180,8 +180,18 @@ def convert_mri_classification(source: str | Path, dataset_id: int, csv_path: st
             for col in seqs:
                 img = read_image(_path(row.get(col), source), case, f"{col} image")
                 if images and geometry_mismatch(images[0], img):
+                    covered = _coverage(img, images[0])
+                    path = _path(row.get(col), source)
+                    if covered == 0:
+                        raise ConversionError(
+                            f"case {case!r}: the {col} image {path} lies entirely outside the {seqs[0]} image in "
+                            f"physical space ({seqs[0]}: {_grid(images[0])}; {col}: {_grid(img)}), so resampling "
+                            f"it onto the {seqs[0]} grid would give an empty channel. Fix: if both were acquired "
+                            "together and only a header (spacing/origin) is wrong, correct it; otherwise supply the "
+                            f"{col} of this case, or pass --skip-invalid to leave the case out.")
                     img = sitk.Resample(img, images[0], sitk.Transform(), sitk.sitkLinear, 0.0, img.GetPixelID())
-                    stage.warn(f"case {case!r}: {col} was resampled onto the {seqs[0]} grid")
+                    partial = f"; it covers only {covered:.0%} of that grid (zeros elsewhere)" if covered < 0.5 else ""
+                    stage.warn(f"case {case!r}: {col} was resampled onto the {seqs[0]} grid{partial}")
                 images.append(with_geometry_of(img, images[0]) if images else img)
             roi_path = _path(row.get(roi_column), source)
             label = _roi_on_grid(stage, case, read_image(roi_path, case, "roi mask"), roi_path, images[0], seqs[0])
@@ -204,6 +214,14 @@ def convert_mri_classification(source: str | Path, dataset_id: int, csv_path: st
                                  description=f"multi-sequence MRI ({', '.join(seqs)}) with case-level classes")
 
     return job.run(build)
+
+
+def _coverage(moving: sitk.Image, reference: sitk.Image) -> float:
+    """Fraction of ``reference``'s voxels that lie inside ``moving``'s extent in physical space."""
+    inside = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    inside.CopyInformation(moving)
+    on_ref = sitk.Resample(inside, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return float(np.mean(sitk.GetArrayViewFromImage(on_ref)))
 
 
 def _roi_on_grid(stage: Stage, case: str, roi: sitk.Image, roi_path: Path, image: sitk.Image, image_name: str

@@ -157,6 +157,26 @@ def test_roi_on_another_grid_is_warned_and_far_away_roi_raises(tmp_path):
     assert table.exists()
 
 
+def test_sequence_outside_the_first_sequence_raises_and_partial_cover_is_warned(tmp_path):
+    make_mri_classification(tmp_path / "d", n=2, clinical={})
+    path = tmp_path / "d" / "images" / "pat001" / "t2fs.nii.gz"
+    seq = sitk.ReadImage(str(path))
+    half = sitk.Image(seq)
+    size, spacing = seq.GetSize(), seq.GetSpacing()
+    half.SetOrigin(tuple(o + (size[0] * spacing[0] * 0.75 if i == 0 else 0) for i, o in enumerate(seq.GetOrigin())))
+    sitk.WriteImage(half, str(path))
+    res = convert_mri_classification(tmp_path / "d", 928, output=tmp_path / "raw")
+    [warning] = [w for w in res.warnings if "t2fs was resampled" in w]
+    assert "case 'pat001'" in warning and "covers only 25% of that grid" in warning
+    far = sitk.Image(seq)
+    far.SetOrigin((0.0, 0.0, 500.0))  # same voxels, 50 cm away
+    sitk.WriteImage(far, str(path))
+    with pytest.raises(ConversionError, match=r"case 'pat001': the t2fs image .*t2fs.nii.gz lies entirely outside "
+                                              r"the .* image in physical space.*empty channel.*Fix"):
+        convert_mri_classification(tmp_path / "d", 929, output=tmp_path / "raw")
+    assert not (tmp_path / "raw" / "Dataset929_MRIClassification").exists()
+
+
 def test_truncated_sequence_file_raises(tmp_path):
     make_mri_classification(tmp_path / "d", n=2, clinical={})
     t2 = tmp_path / "d" / "images" / "pat001" / "t2.nii.gz"
