@@ -93,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temporal-depth", type=int, default=6)
     p.add_argument("--temporal-heads", type=int, default=8)
     p.add_argument("--cache", default=None, help="folder for the cached features (reused when present)")
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                   help="train and evaluate the readout under CPU autocast (fp16: with a GradScaler, as nnU-Net trains "
+                        "on the GPU); the cached features stay float32")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
@@ -168,6 +171,9 @@ def pooled_truth_fraction(d: dict, segs: torch.Tensor) -> float:
     return round(float((truth.gather(1, d["idx"]) * d["weight"]).sum(1).mean()), 4)
 
 
+AMP_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 # ----------------------------------------------------------------------------------------------------- readouts
 class Readout(nn.Module):
     """Temporal modeler + characterisation head on cached features. ``forward(batch)`` -> logits (B, K)."""
@@ -240,24 +246,34 @@ def train_readout(kind: str, train: dict, val: dict, args, seed: int) -> list[di
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else (1 - s / args.steps) ** 0.9)
     g = torch.Generator().manual_seed(seed + 7)
+    amp = getattr(args, "amp", "none")
+    scaler = torch.amp.GradScaler("cpu", enabled=amp == "fp16")
+
+    def autocast():
+        return torch.autocast("cpu", dtype=AMP_DTYPES[amp], enabled=amp != "none")
+
     records, losses, t0 = [], [], time.perf_counter()
     for step in range(1, args.steps + 1):
         idx = torch.randint(0, len(train["y"]), (args.batch,), generator=g)
-        loss = F.cross_entropy(model(take(train, idx)), train["y"][idx])
+        with autocast():
+            loss = F.cross_entropy(model(take(train, idx)), train["y"][idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 12)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         losses.append(float(loss.detach()))
         if step % args.eval_every == 0 or step == args.steps:
             model.eval()
-            with torch.no_grad():
-                feats = model.features(take(val, slice(None)))
-                probs = torch.softmax(model.head(feats), 1).numpy()
+            with torch.no_grad(), autocast():
+                feats = model.features(take(val, slice(None))).float()
+                probs = torch.softmax(model.head(feats).float(), 1).numpy()
             model.train()
             s = classification_summary(val["y"].numpy(), probs, list(CLASSES))
-            rec = {"readout": kind, "seed": seed, "step": step, "train_ce": round(float(np.mean(losses)), 4),
+            rec = {"readout": kind, "seed": seed, "amp": amp, "step": step,
+                   "train_ce": round(float(np.mean(losses)), 4),
                    "val_auc": round(float(s["auc_ovr_macro"]), 4), "val_accuracy": round(float(s["accuracy"]), 4),
                    "val_feature_std": round(float(feats.std(0).mean()), 5),
                    "seconds": round(time.perf_counter() - t0, 1)}

@@ -112,3 +112,26 @@ def test_validation_cases_can_pool_with_the_prediction_while_training_pools_with
     assert encoder["truth_lesion_fraction_of_pooled_cells"] > 0
     assert 0.0 <= encoder["val_truth_lesion_fraction_of_pooled_cells"] <= 1.0
 
+
+
+@pytest.mark.parametrize("amp, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_amp_trains_and_evaluates_the_readout_under_autocast(probe, tmp_path, monkeypatch, amp, dtype):
+    seen = []
+    forward, features = probe.Readout.forward, probe.Readout.features
+
+    def spy(method):
+        def wrapped(self, batch):
+            seen.append((method.__name__, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return method(self, batch)
+        return wrapped
+
+    monkeypatch.setattr(probe.Readout, "forward", spy(forward))
+    monkeypatch.setattr(probe.Readout, "features", spy(features))
+    out = tmp_path / f"{amp}.jsonl"
+    assert probe.main(TINY + ["--readouts", "transformer", "--amp", amp, "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()[2:]]
+    assert [(r["amp"], r["step"]) for r in records] == [(amp, 2), (amp, 4)]
+    assert all(torch.isfinite(torch.tensor(r["train_ce"])) and 0.0 <= r["val_auc"] <= 1.0 for r in records)
+    # training steps (forward) and evaluations (features) both ran under autocast with the requested dtype
+    assert {name for name, *_ in seen} == {"forward", "features"}
+    assert all(enabled and d == dtype for _, enabled, d in seen)
