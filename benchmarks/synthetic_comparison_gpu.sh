@@ -10,8 +10,9 @@
 # More than one device call (each at most 10 min): run with COMPARISON_TIMEOUT=540 and the workspace under /tmp, then
 # repeat the same command at once (the machine stays warm ~30 s): finished folds are skipped, interrupted ones resume
 # from their last epoch (--c).
-# COPY_TO (optional) receives the report, the logs and the results folders without checkpoints, every 30 s during
-# the run and at the end (for a machine whose workspace is not kept).
+# COPY_TO (optional) receives comparison.tgz: the report, the logs and the results folders without checkpoints, every
+# 30 s during the run and at the end (for a machine whose workspace is not kept; one file, because the device tool
+# returns only a few files per call). Unpack with `tar xzf comparison.tgz`.
 set -uo pipefail
 work=${1:-runs/synthetic_gpu}
 copy_to=${2:-}
@@ -20,8 +21,11 @@ export nnUNet_compile=${nnUNet_compile:-f}   # same eager set-up for every metho
 snapshot() {
   [ -n "$copy_to" ] || return 0
   mkdir -p "$copy_to"
-  (cd "$work" && tar cf - --exclude='*.pth' --exclude='*.npz' --exclude='*.pkl' logs report nnUNet_results 2>/dev/null) \
-    | (cd "$copy_to" && tar xf - 2>/dev/null) || true
+  local parts=()
+  for p in logs report nnUNet_results; do [ -e "$work/$p" ] && parts+=("$p"); done
+  [ ${#parts[@]} -gt 0 ] || return 0
+  tar czf "$copy_to/.comparison.tgz.part" -C "$work" --exclude='*.pth' --exclude='*.npz' --exclude='*.pkl' \
+    "${parts[@]}" 2>/dev/null && mv "$copy_to/.comparison.tgz.part" "$copy_to/comparison.tgz" || true
 }
 if [ -n "$copy_to" ]; then (while sleep 30; do snapshot; done) & copier=$!; fi
 # COMPARISON_TIMEOUT (seconds, 0 = none) stops the run, keeping what is finished (rerunning resumes it)
