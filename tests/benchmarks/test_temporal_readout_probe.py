@@ -114,6 +114,7 @@ def test_validation_cases_can_pool_with_the_prediction_while_training_pools_with
 
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # GradScaler skipped a step
 @pytest.mark.parametrize("amp, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_amp_trains_and_evaluates_the_readout_under_autocast(probe, tmp_path, monkeypatch, amp, dtype):
     seen = []
