@@ -32,6 +32,8 @@ SCHEDULES: dict[str, Schedule] = {
     "cpu1200": Schedule(40, 30, 5, mirroring=False, progress_bar=True),  # longer CPU comparisons: 1200 iterations
     # short GPU comparisons: 2500 iterations; checkpoints every 10 epochs (paper-size STD-Net checkpoints are ~0.5 GB)
     "gpu2500": Schedule(50, 50, 5, save_every=10),
+    # 4x longer: do the Transformer heads leave the class prior later than the ConvGRU head (epoch ~20 of gpu2500)?
+    "gpu10000": Schedule(100, 100, 5, save_every=10),
     "1epoch": Schedule(1),
     "5epochs": Schedule(5),
     "10epochs": Schedule(10),
