@@ -246,7 +246,7 @@ def train_readout(kind: str, train: dict, val: dict, args, seed: int) -> list[di
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else (1 - s / args.steps) ** 0.9)
     g = torch.Generator().manual_seed(seed + 7)
-    amp = getattr(args, "amp", "none")
+    amp = args.amp
     scaler = torch.amp.GradScaler("cpu", enabled=amp == "fp16")
 
     def autocast():

@@ -178,10 +178,10 @@ def convert_mri_classification(source: str | Path, dataset_id: int, csv_path: st
             row = item[0]
             images = []
             for col in seqs:
-                img = read_image(_path(row.get(col), source), case, f"{col} image")
+                path = _path(row.get(col), source)
+                img = read_image(path, case, f"{col} image")
                 if images and geometry_mismatch(images[0], img):
                     covered = _coverage(img, images[0])
-                    path = _path(row.get(col), source)
                     if covered == 0:
                         raise ConversionError(
                             f"case {case!r}: the {col} image {path} lies entirely outside the {seqs[0]} image in "
