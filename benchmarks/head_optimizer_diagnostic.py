@@ -14,6 +14,9 @@ head), and records what happens inside the head:
   ``bottleneck_std`` / ``bottleneck_mean_abs``: the same for the (lesion-pooled) encoder bottleneck of all phases;
 * ``cls_self_attention``: mean attention weight of CLS on itself, per Transformer layer; ``cls_constant_norm``: norm
   of the learned CLS token + its positional embedding;
+* ``temporal_grad_norm_seg`` / ``temporal_grad_norm_cls``: norm of each loss's gradient on the Transformer blocks at
+  the logged step (before clipping; the weights both the decoded reference token and the CLS path use), and their
+  ratio ``temporal_grad_ratio_cls_to_seg``;
 * ``cls_loss``: mean training CE over the last logging interval; ``train_auc`` / ``val_auc``: macro one-vs-rest AUC on
   the probe (training) cases and on held-out cases.
 
@@ -73,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--detach-reference", action="store_true",
                    help="the decoder's reference-phase token does not back-propagate into the Transformer, which is "
                         "then trained by the classification loss alone")
+    p.add_argument("--batch", type=int, default=2, help="cases per training step")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
@@ -181,6 +185,20 @@ def detach_reference(net) -> None:
     net.temporal_out.register_forward_pre_hook(lambda _module, inputs: tuple(i.detach() for i in inputs))
 
 
+def gradient_split(net, l_seg: torch.Tensor, l_cls: torch.Tensor) -> dict:
+    """Norms of the segmentation and the classification loss's gradients on the temporal modeler's blocks (the
+    weights both paths share), before clipping: how much of what AdamW normalises by comes from each loss."""
+    params = [p for p in net.temporal.blocks.parameters() if p.requires_grad]
+    out = {}
+    for name, loss in (("seg", l_seg), ("cls", l_cls)):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        sq = sum(float(g.pow(2).sum()) for g in grads if g is not None)
+        out[f"temporal_grad_norm_{name}"] = sq ** 0.5
+    seg = out["temporal_grad_norm_seg"]
+    out["temporal_grad_ratio_cls_to_seg"] = out["temporal_grad_norm_cls"] / seg if seg > 0 else None
+    return out
+
+
 def train(kind: str, net0, strides, data, val, args) -> list[dict]:
     torch.manual_seed(args.seed)
     net = copy.deepcopy(net0)
@@ -194,20 +212,22 @@ def train(kind: str, net0, strides, data, val, args) -> list[dict]:
             sched.step(it // args.iterations_per_epoch)
         if hasattr(sched, "step_iteration"):
             sched.step_iteration(it)
-        idx = torch.randint(0, len(x), (2,), generator=g)
+        idx = torch.randint(0, len(x), (args.batch,), generator=g)
         out = training_forward(net, x[idx], segs[idx], args.train_pool)
         l_seg = loss_fn(out["seg"], ds_targets(segs[idx], strides))
         lesion = (segs[idx] == 2).flatten(1).any(1).float()
         ce = F.cross_entropy(out["cls"], y[idx], reduction="none")
         l_cls = (ce * lesion).sum() / lesion.sum().clamp_min(1)
+        log_now = (it + 1) % args.log_every == 0 or it == 0
+        split = gradient_split(net, l_seg, l_cls) if log_now and net.temporal_kind == "transformer" else {}
         opt.zero_grad(set_to_none=True)
         (l_seg + l_cls).backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
         opt.step()
         cls_losses.append(float(l_cls.detach()))
-        if (it + 1) % args.log_every == 0 or it == 0:
+        if log_now:
             rec = {"optimizer": kind, "iteration": it + 1, "cls_loss": float(np.mean(cls_losses)),
-                   "seg_loss": float(l_seg.detach()), "seconds": round(time.perf_counter() - t0, 1)}
+                   "seg_loss": float(l_seg.detach()), "seconds": round(time.perf_counter() - t0, 1), **split}
             tr = probe(net, x[:args.n_val], y[:args.n_val])
             va = probe(net, val[0], val[2])
             rec.update({f"train_{k}": v for k, v in tr.items()})

@@ -33,6 +33,7 @@ def test_diagnostic_trains_both_optimizers_from_the_same_start(monkeypatch, tmp_
     for r in records:
         assert 0.0 <= r["train_dead_hidden"] <= 1.0 and r["train_logit_std"] >= 0.0
         assert len(r["train_cls_self_attention"]) == 6  # the paper's 6 layers
+        assert r["temporal_grad_norm_cls"] > 0  # the class loss reaches the Transformer blocks
 
 
 def test_truth_pooling_and_detached_reference_change_only_what_they_say(monkeypatch):
@@ -66,3 +67,34 @@ def test_truth_pooling_and_detached_reference_change_only_what_they_say(monkeypa
     diag.nnunet_loss(len(strides) - 1)(out["seg"], diag.ds_targets(seg, strides)).backward()
     assert all(p.grad is None or not p.grad.any() for p in net.temporal.parameters())
     assert net.temporal_out.weight.grad.abs().sum() > 0
+
+
+def test_gradient_split_separates_the_two_losses_on_the_transformer(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import head_optimizer_diagnostic as diag
+
+    torch.manual_seed(0)
+    net, strides = diag.build_network((16, 32, 32), 4, 8)
+    x = torch.randn(2, 3, 16, 32, 32)
+    seg = torch.zeros(2, 1, 16, 32, 32, dtype=torch.long)
+    seg[:, :, 4:12, 8:24, 8:24] = 1
+    seg[:, :, 6:10, 10:14, 10:14] = 2
+
+    def losses():
+        out = diag.training_forward(net, x, seg, "truth")
+        l_seg = diag.nnunet_loss(len(strides) - 1)(out["seg"], diag.ds_targets(seg, strides))
+        return l_seg, torch.nn.functional.cross_entropy(out["cls"], torch.tensor([0, 1]))
+
+    # zero-initialised output projection: at the start no segmentation gradient reaches the Transformer
+    split = diag.gradient_split(net, *losses())
+    assert split["temporal_grad_norm_seg"] == 0 and split["temporal_grad_norm_cls"] > 0
+    assert split["temporal_grad_ratio_cls_to_seg"] is None
+    torch.nn.init.normal_(net.temporal_out.weight, std=0.1)
+    l_seg, l_cls = losses()
+    split = diag.gradient_split(net, l_seg, l_cls)
+    assert split["temporal_grad_norm_seg"] > 0
+    assert split["temporal_grad_ratio_cls_to_seg"] == split["temporal_grad_norm_cls"] / split["temporal_grad_norm_seg"]
+    blocks = list(net.temporal.blocks.parameters())
+    expected = torch.autograd.grad(l_seg, blocks, allow_unused=True)
+    norm = sum(float(g.pow(2).sum()) for g in expected if g is not None) ** 0.5
+    assert abs(split["temporal_grad_norm_seg"] - norm) < 1e-6 * max(norm, 1.0)
