@@ -67,6 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--optimizers", nargs="+", default=["nnunet_sgd", "hybrid"], choices=["nnunet_sgd", "hybrid"])
     p.add_argument("--head-activation", default="leaky_relu", choices=["leaky_relu", "relu", "gelu"],
                    help="relu: the head of the first GPU runs")
+    p.add_argument("--head-input-norm", default="none", choices=["none", "running"],
+                   help="running: standardise the pooled head features with running statistics (cls_input_norm)")
+    p.add_argument("--temporal-depth", type=int, default=6, help="Transformer layers (paper: 6)")
     p.add_argument("--temporal", default="transformer", choices=["transformer", "convgru", "mean"])
     p.add_argument("--freeze-cls-token", action="store_true",
                    help="keep the CLS token and its positional embedding at their initial values")
@@ -246,7 +249,8 @@ def main(argv=None) -> int:
     data = make_data(args.n_train, args.shape, args.seed)
     val = make_data(args.n_val, args.shape, args.seed + 1000)
     net0, strides = build_network(args.shape, args.base_features, args.max_features, args.head_activation,
-                                  temporal=args.temporal)
+                                  temporal=args.temporal, cls_input_norm=args.head_input_norm,
+                                  temporal_depth=args.temporal_depth)
     emit({"record": "config", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
            "torch": torch.__version__, "params_M": round(sum(p.numel() for p in net0.parameters()) / 1e6, 2)},
           args.out)

@@ -103,6 +103,8 @@ class STDNet(nn.Module):
         cls_hidden, cls_dropout, num_tabular: characterisation head (paper: 512, 0.3, no tabular input).
         cls_activation: the head MLP's non-linearity, "leaky_relu" (default), "relu" or "gelu" (see
             :class:`~nnunet_ext.architectures.blocks.heads.ClassificationHead`).
+        cls_input_norm: "none" (paper) or "running": standardise the pooled head features with running statistics
+            (:class:`~nnunet_ext.architectures.blocks.heads.RunningStandardize`; a diagnostic option).
         cls_pool_channels: segmentation channels of the lesion labels. The head's CLS tokens are then aggregated
             over bottleneck locations weighted by the predicted lesion probability
             (:func:`~nnunet_ext.architectures.blocks.heads.lesion_weighted_pool`); None: the mean over locations.
@@ -132,7 +134,7 @@ class STDNet(nn.Module):
                  temporal_norm_first: bool = True, skip_fusion: str = "none", share_weights: bool = True,
                  convgru_hidden: int | None = None, cls_hidden: int = 512, cls_dropout: float = 0.3,
                  num_tabular: int = 0, nonlin_first: bool = False, cls_pool_channels: list[int] | None = None,
-                 cls_activation: str = "leaky_relu", temporal_fp32: bool = False):
+                 cls_activation: str = "leaky_relu", temporal_fp32: bool = False, cls_input_norm: str = "none"):
         super().__init__()
         n = input_channels if num_phases is None else int(num_phases)
         if n < 1 or input_channels % n:
@@ -188,7 +190,7 @@ class STDNet(nn.Module):
         fusion = SKIP_FUSIONS[skip_fusion]
         self.skip_fusion = nn.ModuleList([fusion(w, n, ref) for w in widths[:-1]]) if fusion else None
         self.cls_head = ClassificationHead(head_in, num_cls_classes, cls_hidden, cls_dropout, num_tabular,
-                                           cls_activation) if num_cls_classes > 0 else None
+                                           cls_activation, cls_input_norm) if num_cls_classes > 0 else None
         self._zero_init_temporal_out()
 
     # ------------------------------------------------------------------ forward

@@ -15,6 +15,48 @@ from torch import nn
 LESION_POOL_FLOOR = 1e-4
 
 
+HEAD_INPUT_NORMS = ("none", "running")
+
+
+class RunningStandardize(nn.Module):
+    """Standardise each feature with running estimates of its mean and variance across cases, in training and in
+    evaluation alike (no batch statistics in the forward pass, so batch sizes of 1-5 are fine).
+
+    Why (a diagnostic option, not the paper's head): a LayerNorm'd CLS output is dominated by a component that is the
+    same for every case; in joint training its case-to-case spread is 3-10% of its magnitude
+    (``benchmarks/RESULTS.md``, "Why the heads collapse"). An MLP on such inputs sees mostly a constant, and AdamW,
+    which scales each weight's step by the gradient's running magnitude, takes small steps in the directions that
+    separate cases. Subtracting the running mean and dividing by the running standard deviation brings the spread
+    to unit scale, which is what BatchNorm does for a classifier, without its dependence on nnU-Net's small batches.
+
+    In training the statistics are updated from the (detached) batch first, then applied; no gradient flows
+    through them. The first ``1 / momentum`` batches are averaged cumulatively (momentum ``max(m, 1 / n)``), then
+    exponentially. Statistics are float32 buffers (saved in checkpoints, broadcast by DDP).
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.01, eps: float = 1e-5):
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_sq", torch.ones(num_features))  # running E[x^2]
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    @property
+    def running_var(self) -> torch.Tensor:
+        return (self.running_sq - self.running_mean ** 2).clamp_min(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                xf = x.detach().float()
+                self.num_batches_tracked += 1
+                m = max(self.momentum, 1.0 / float(self.num_batches_tracked))
+                self.running_mean.lerp_(xf.mean(0), m)
+                self.running_sq.lerp_(xf.pow(2).mean(0), m)
+        mean, std = self.running_mean, (self.running_var + self.eps).sqrt()
+        return ((x.float() - mean) / std).to(x.dtype)
+
+
 HEAD_ACTIVATIONS = {"leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True), "relu": lambda: nn.ReLU(inplace=True),
                     "gelu": nn.GELU}
 
@@ -31,18 +73,23 @@ class ClassificationHead(nn.Module):
     ``benchmarks/head_optimizer_diagnostic.py`` shows the dead fraction growing). A leaky unit always passes a
     gradient, and AdamW (which the trainers use for the head) turns even a small consistent gradient into a full-size
     step, so such a unit can come back (GELU's gradient also vanishes for strongly negative inputs).
-    ``activation="relu"`` (or ``"gelu"``) gives the other MLPs.
+    ``activation="relu"`` (or ``"gelu"``) gives the other MLPs. ``input_norm="running"`` puts a
+    :class:`RunningStandardize` on the image features before the MLP (tabular features are not touched); the
+    default ``"none"`` is the paper's head.
 
     Shapes: ``features`` (B, C), ``tabular`` (B, T) or None -> logits (B, num_classes). No softmax: the loss and
     the predictor apply it.
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 512, dropout: float = 0.3,
-                 tabular_features: int = 0, activation: str = "leaky_relu"):
+                 tabular_features: int = 0, activation: str = "leaky_relu", input_norm: str = "none"):
         super().__init__()
         if activation not in HEAD_ACTIVATIONS:
             raise ValueError(f"activation={activation!r}; choose one of {tuple(HEAD_ACTIVATIONS)}")
+        if input_norm not in HEAD_INPUT_NORMS:
+            raise ValueError(f"input_norm={input_norm!r}; choose one of {HEAD_INPUT_NORMS}")
         self.tabular_features = tabular_features
+        self.input_norm = RunningStandardize(in_features) if input_norm == "running" else None
         self.mlp = nn.Sequential(
             nn.Linear(in_features + tabular_features, hidden),
             HEAD_ACTIVATIONS[activation](),
@@ -51,6 +98,8 @@ class ClassificationHead(nn.Module):
         )
 
     def _inputs(self, features: torch.Tensor, tabular: torch.Tensor | None) -> torch.Tensor:
+        if self.input_norm is not None:
+            features = self.input_norm(features)
         if self.tabular_features:
             if tabular is None:
                 raise ValueError(f"this head was built for {self.tabular_features} tabular features; pass tabular=")
