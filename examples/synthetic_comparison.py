@@ -11,11 +11,11 @@ Methods (trainer, plans): nnUNetTrainer (vanilla nnU-Net, segmentation only; the
 STDNetTrainer_ConvGRU; with ``--controls`` also STDNetTrainer_predictionPool (the head pools with the predicted
 lesion in training steps too, instead of the ground truth: the pooling control) and STDNetTrainer_nnUNetSGD (every
 parameter with nnU-Net's SGD instead of AdamW for the temporal modeler and head: the optimizer control). Only with
-``--methods``: the diagnostics STDNetTrainer_fp32Temporal, STDNetTrainer_shallowTemporal and STDNetTrainer_headLR1e4
-(one suspect each for STD-Net's head that stays at the class prior, see ``nnunet_ext/trainers/stdnet.py``). STD-Net
-uses ``STDNetPlans`` on a GPU (paper-size temporal modeler) and ``STDNetPlansCPU`` (reduced temporal modeler) on a
-CPU. The benchmark report
-(``nnunet-ext benchmark`` with STDNetTrainer as the full model of the ablation chart) is written to ``<output>/report``.
+``--methods``: the diagnostics STDNetTrainer_fp32Temporal, STDNetTrainer_shallowTemporal, STDNetTrainer_headLR1e4 and
+STDNetTrainer_headInputNorm (one suspect each for STD-Net's head that stays at the class prior, see
+``nnunet_ext/trainers/stdnet.py``). STD-Net uses ``STDNetPlans`` on a GPU (paper-size temporal modeler) and
+``STDNetPlansCPU`` (reduced temporal modeler) on a CPU. The benchmark report (``nnunet-ext benchmark`` with
+STDNetTrainer as the full model of the ablation chart) is written to ``<output>/report``.
 
 The STD-Net paper's ablation ordering (without temporal modeler worst) is the hypothesis, not the expected answer.
 """
@@ -44,7 +44,8 @@ CONTROLS = ("STDNetTrainer_predictionPool", "STDNetTrainer_nnUNetSGD")
 
 
 # one suspect each for the Transformer head that stays at the class prior (nnunet_ext.trainers.stdnet docstring)
-DIAGNOSTICS = ("STDNetTrainer_fp32Temporal", "STDNetTrainer_shallowTemporal", "STDNetTrainer_headLR1e4")
+DIAGNOSTICS = ("STDNetTrainer_fp32Temporal", "STDNetTrainer_shallowTemporal", "STDNetTrainer_headLR1e4",
+               "STDNetTrainer_headInputNorm")
 
 
 ALL_METHODS = ("nnUNetTrainer", "EarlyFusionTrainer") + STD_VARIANTS + CONTROLS + DIAGNOSTICS

@@ -17,6 +17,7 @@ from nnunet_ext.trainers.stdnet import (
     STDNetTrainer,
     STDNetTrainer_ConvGRU,
     STDNetTrainer_fp32Temporal,
+    STDNetTrainer_headInputNorm,
     STDNetTrainer_headLR1e4,
     STDNetTrainer_nnUNetSGD,
     STDNetTrainer_noTemporal,
@@ -37,7 +38,8 @@ __all__ = ["MultiTaskTrainer", "EarlyFusionTrainer", "EarlyFusionTrainer_nnUNetS
            "EarlyFusionTrainer_predictionPool", "STDNetTrainer", "STDNetTrainer_noTemporal",
            "STDNetTrainer_noWeightSharing", "STDNetTrainer_ConvGRU", "STDNetTrainer_paperLoss",
            "STDNetTrainer_nnUNetSGD", "STDNetTrainer_predictionPool", "STDNetTrainer_fp32Temporal",
-           "STDNetTrainer_shallowTemporal", "STDNetTrainer_headLR1e4", "SCHEDULES", *sorted(_VARIANTS)]
+           "STDNetTrainer_shallowTemporal", "STDNetTrainer_headLR1e4", "STDNetTrainer_headInputNorm", "SCHEDULES",
+           *sorted(_VARIANTS)]
 
 
 def trainer_discovery_path() -> str:

@@ -26,6 +26,9 @@ Diagnostics for why the Transformer's head stays at the class prior in the synth
 ``STDNetTrainer_fp32Temporal``      Transformer and its output projection in float32 under autocast (precision)
 ``STDNetTrainer_shallowTemporal``   a 1-layer Transformer instead of the plans' depth (optimisation depth)
 ``STDNetTrainer_headLR1e4``         AdamW lr 1e-4 instead of 3e-4 for temporal modeler and head (step size)
+``STDNetTrainer_headInputNorm``     the pooled CLS features standardised with running statistics before the head
+                                    (``cls_input_norm="running"``: the spread of a LayerNorm'd CLS output is a few
+                                    percent of its magnitude)
 ==================================  ===========================================================================
 
 The "joint 4D CNN" ablation is the early-fusion baseline, :class:`~nnunet_ext.trainers.early_fusion.EarlyFusionTrainer`.
@@ -193,6 +196,12 @@ STDNetTrainer_shallowTemporal = stdnet_variant(
     "STDNetTrainer_shallowTemporal", "Diagnostic: STD-Net with a 1-layer Transformer (``temporal_depth=1``; heads and "
     "width from the plans); everything else as STDNetTrainer.", temporal_depth=1)
 
+STDNetTrainer_headInputNorm = stdnet_variant(
+    "STDNetTrainer_headInputNorm", "Diagnostic: STD-Net whose head standardises its pooled CLS features with running "
+    "statistics (``cls_input_norm='running'``, "
+    ":class:`~nnunet_ext.architectures.blocks.heads.RunningStandardize`); everything else as STDNetTrainer.",
+    cls_input_norm="running")
+
 
 class STDNetTrainer_headLR1e4(STDNetTrainer):
     """Diagnostic: STD-Net whose temporal modeler and head train with AdamW lr 1e-4 instead of the paper's 3e-4
@@ -203,4 +212,5 @@ class STDNetTrainer_headLR1e4(STDNetTrainer):
 
 STDNET_TRAINERS = (STDNetTrainer, STDNetTrainer_noTemporal, STDNetTrainer_noWeightSharing, STDNetTrainer_ConvGRU,
                    STDNetTrainer_paperLoss, STDNetTrainer_nnUNetSGD, STDNetTrainer_predictionPool,
-                   STDNetTrainer_fp32Temporal, STDNetTrainer_shallowTemporal, STDNetTrainer_headLR1e4)
+                   STDNetTrainer_fp32Temporal, STDNetTrainer_shallowTemporal, STDNetTrainer_headLR1e4,
+                   STDNetTrainer_headInputNorm)

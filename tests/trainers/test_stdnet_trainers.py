@@ -161,6 +161,9 @@ def test_diagnostic_variants_change_only_their_suspect(dataset):
     assert (shallow.temporal.dim, shallow.temporal.heads) == (full.temporal.dim, full.temporal.heads)
     assert str(shallow.decoder) == str(full.decoder) and str(shallow.cls_head) == str(full.cls_head)
     assert trainers.STDNetTrainer_headLR1e4.head_lr == 1e-4 and trainers.STDNetTrainer.head_lr == 3e-4
+    normed = build("STDNetTrainer_headInputNorm")
+    assert normed.cls_head.input_norm is not None and full.cls_head.input_norm is None
+    assert str(normed.temporal) == str(full.temporal) and str(normed.decoder) == str(full.decoder)
 
 
 def test_trainer_toggles_deep_supervision_and_paper_loss_keeps_its_wrapper(dataset):
