@@ -23,11 +23,12 @@ class RunningStandardize(nn.Module):
     evaluation alike (no batch statistics in the forward pass, so batch sizes of 1-5 are fine).
 
     Why (a diagnostic option, not the paper's head): a LayerNorm'd CLS output is dominated by a component that is the
-    same for every case; in joint training its case-to-case spread is 3-10% of its magnitude
-    (``benchmarks/RESULTS.md``, "Why the heads collapse"). An MLP on such inputs sees mostly a constant, and AdamW,
-    which scales each weight's step by the gradient's running magnitude, takes small steps in the directions that
-    separate cases. Subtracting the running mean and dividing by the running standard deviation brings the spread
-    to unit scale, which is what BatchNorm does for a classifier, without its dependence on nnU-Net's small batches.
+    same for every case; in joint training its case-to-case spread is 2-10% of its magnitude
+    (``benchmarks/RESULTS.md``, "The stall reproduces on the CPU ..."). An MLP on such inputs sees mostly a
+    constant, and AdamW, which scales each weight's step by the gradient's running magnitude, takes small steps in
+    the directions that separate cases. Subtracting the running mean and dividing by the running standard deviation
+    brings the spread to unit scale, which is what BatchNorm does for a classifier, without its dependence on
+    nnU-Net's small batches.
 
     In training the statistics are updated from the (detached) batch first, then applied; no gradient flows
     through them. The first ``1 / momentum`` batches are averaged cumulatively (momentum ``max(m, 1 / n)``), then
