@@ -257,11 +257,8 @@ def test_lesion_mask_changes_only_the_pooling_of_the_head():
 
 
 def test_cls_input_norm_reaches_the_head():
-    kw = dict(n_stages=2, features_per_stage=[4, 8], conv_op=nn.Conv3d, kernel_sizes=[[3, 3, 3]] * 2,
-              strides=[[1, 1, 1], [2, 2, 2]], n_conv_per_stage=1, n_conv_per_stage_decoder=1, num_phases=3,
-              temporal_dim=16, temporal_depth=1, temporal_heads=2)
-    assert STDNet(3, 3, **kw).cls_head.input_norm is None
-    net = STDNet(3, 3, cls_input_norm="running", **kw)
-    assert net.cls_head.input_norm.running_mean.shape == (16,)  # the CLS width
-    out = net(torch.randn(2, 3, 8, 16, 16), return_heads=True)
+    assert make(3).cls_head.input_norm is None
+    net = make(3, cls_input_norm="running")
+    assert net.cls_head.input_norm.running_mean.shape == (TINY_TEMPORAL["temporal_dim"],)  # the CLS width
+    out = net(torch.randn(2, 3, *PATCH), return_heads=True)
     assert out["cls"].shape == (2, 3) and int(net.cls_head.input_norm.num_batches_tracked) == 1
