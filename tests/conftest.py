@@ -3,6 +3,7 @@ folders serves every test; each test module uses its own dataset ids (see ``DATA
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +19,46 @@ DATASET_IDS = {"foundation": range(900, 920), "conversion": range(920, 950), "sy
 
 NNUNET_TEST_ENV = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "f",
                    "OMP_NUM_THREADS": "2", "MPLBACKEND": "agg"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _worker_pools_fork_from_a_server():
+    """nnU-Net starts every worker pool with the "spawn" method (fingerprint, preprocessing, the export at the end of
+    training and in prediction), so each pool pays a fresh interpreter's import of torch: ~4 s on the 2-core CI
+    machine, well over a hundred times per session. In the tests those pools use "forkserver" instead, with torch
+    imported once in the server. The contract the workers see is spawn's (arguments and results are pickled; a child
+    inherits nothing of the parent's state but the preloaded third-party modules); nnU-Net is not preloaded, since it
+    reads its folders from the environment at import. Console scripts that tests run as subprocesses
+    (``nnUNetv2_train``, ``nnunet-ext``) keep nnU-Net's spawn pools, so that path stays covered."""
+    original = multiprocessing.get_context
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["torch", "numpy", "scipy.ndimage", "SimpleITK"])
+
+    def get_context(method=None):
+        return original("forkserver" if method == "spawn" else method)
+
+    multiprocessing.get_context = get_context
+    yield
+    multiprocessing.get_context = original
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fewer_fingerprint_intensity_samples():
+    """nnU-Net's fingerprint samples 1e8 foreground intensities per channel whatever the dataset's size (for a tiny
+    3-channel test dataset: 3e8 values drawn with replacement, pickled back from the workers as ~200 MB per case and
+    sorted for the percentiles: ~30 s per fingerprint on the CI machine). In-process fingerprints in the tests draw
+    1e6, which leaves the statistics of 16x32x32 volumes unchanged to a few decimals. The stock console scripts that
+    tests run as subprocesses keep nnU-Net's 1e8."""
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+
+    original = DatasetFingerprintExtractor.__init__
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.num_foreground_voxels_for_intensitystats = 1e6
+
+    DatasetFingerprintExtractor.__init__ = __init__
+    yield
+    DatasetFingerprintExtractor.__init__ = original
 
 
 @pytest.fixture(scope="session")
