@@ -25,11 +25,12 @@ NNUNET_TEST_ENV = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_co
 def _worker_pools_fork_from_a_server():
     """nnU-Net starts every worker pool with the "spawn" method (fingerprint, preprocessing, the export at the end of
     training and in prediction), so each pool pays a fresh interpreter's import of torch: ~4 s on the 2-core CI
-    machine, well over a hundred times per session. In the tests those pools use "forkserver" instead, with torch
-    imported once in the server. The contract the workers see is spawn's (arguments and results are pickled; a child
-    inherits nothing of the parent's state but the preloaded third-party modules); nnU-Net is not preloaded, since it
-    reads its folders from the environment at import. Console scripts that tests run as subprocesses
-    (``nnUNetv2_train``, ``nnunet-ext``) keep nnU-Net's spawn pools, so that path stays covered."""
+    machine, once per fingerprint, preprocessing run, validation and prediction of every test. In the tests those
+    pools use "forkserver" instead, with torch imported once in the server. The contract the workers see is spawn's
+    (arguments and results are pickled; a child inherits nothing of the parent's state but the preloaded third-party
+    modules); nnU-Net is not preloaded, since it reads its folders from the environment at import. Console scripts
+    that tests run as subprocesses (``nnUNetv2_train``, ``nnunet-ext``) keep nnU-Net's spawn pools, so that path
+    stays covered."""
     original = multiprocessing.get_context
     original("forkserver").set_forkserver_preload(["torch", "numpy", "scipy.ndimage", "SimpleITK"])
     with pytest.MonkeyPatch.context() as mp:
