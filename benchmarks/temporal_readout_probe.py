@@ -18,7 +18,8 @@ trainers use for these modules), batches and steps:
   STD-Net (paper: L=6, h=8, D=768, pre-norm, CLS output); variants change one thing each:
   ``transformer_d256`` (D=256, h=4), ``transformer_l1`` (one layer), ``transformer_post_norm`` (post-norm, no final
   LayerNorm), ``transformer_tokens`` (the head reads the concatenated output *phase* tokens instead of CLS),
-  ``transformer_lr1e-3`` (lr 1e-3);
+  ``transformer_lr1e-3`` / ``transformer_lr1e-4`` (lr 1e-3 / 1e-4), ``transformer_input_norm`` (the head
+  standardises its input with running statistics, STD-Net's ``cls_input_norm="running"``);
 * ``intensity``: per phase, the mean intensity of the (reference-phase) lesion mask and of the liver around it
   (6 numbers, standardised): how much of the class the enhancement curve itself carries.
 
@@ -32,6 +33,13 @@ as at inference), restricted to the cells that carry weight so that the paper-si
 ``--eval-pool-with`` pools the validation cases differently from the training cases (``--pool-with truth
 --eval-pool-with prediction`` is what the trainers do). ``--batch 2`` with 6x the steps gives the joint training's
 batch size for the same number of samples.
+
+``--early-pool-with prediction --early-steps W`` asks whether a readout that has first been trained on uninformative
+cells recovers once it gets informative ones, as joint training's head must (its early lesion maps find no lesion,
+later ones do): the first W steps pool the training cases the early way, the next ``--steps`` the ``--pool-with``
+way, one optimizer and one warm-up + poly schedule over all W + steps. For the Transformer readouts every evaluation
+also records how much attention the CLS token pays to itself, per layer (``cls_self_attention``, mean over heads and
+validation cells): a CLS token that only attends to itself carries nothing of the phases.
 
 Reported per readout and seed (JSON lines): train CE and validation macro one-vs-rest AUC every ``--eval-every`` steps.
 
@@ -62,6 +70,8 @@ TRANSFORMER_VARIANTS = {
     "transformer_post_norm": {"norm_first": False},
     "transformer_tokens": {"readout": "tokens"},
     "transformer_lr1e-3": {"lr": 1e-3},
+    "transformer_lr1e-4": {"lr": 1e-4},
+    "transformer_input_norm": {"head_input_norm": "running"},
 }
 READOUTS = ("intensity", "mean", "concat", "convgru", *TRANSFORMER_VARIANTS)
 
@@ -82,6 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-pool-with", default=None, choices=["truth", "prediction"],
                    help="pooling of the validation cases (default: as --pool-with); '--pool-with truth "
                         "--eval-pool-with prediction' is how the trainers train and infer")
+    p.add_argument("--early-pool-with", default=None, choices=["truth", "prediction"],
+                   help="pool the training cases this way for the first --early-steps steps, then as --pool-with")
+    p.add_argument("--early-steps", type=int, default=0)
     p.add_argument("--readouts", nargs="+", default=list(READOUTS), choices=READOUTS)
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=12)
@@ -186,6 +199,7 @@ class Readout(nn.Module):
 
         self.kind, self.readout = kind, "cls"
         self.temporal = None
+        head_input_norm = "none"
         if kind == "intensity":
             width = intensity_dim
         elif kind == "mean":
@@ -200,12 +214,16 @@ class Readout(nn.Module):
                    "norm_first": True, "readout": "cls", **TRANSFORMER_VARIANTS[kind]}
             cfg.pop("lr", None)
             self.readout = cfg.pop("readout")
+            head_input_norm = cfg.pop("head_input_norm", "none")
             self.temporal = TemporalTransformer(channels, num_phases, **cfg)
             width = cfg["dim"] * (num_phases if self.readout == "tokens" else 1)
-        self.head = ClassificationHead(width, num_classes)
+        self.head = ClassificationHead(width, num_classes, input_norm=head_input_norm)
+        self.cls_self_attention = None  # per layer, filled by features(..., attention=True)
 
-    def features(self, batch: dict) -> torch.Tensor:
-        """(B, F): the pooled features the head reads."""
+    def features(self, batch: dict, attention: bool = False) -> torch.Tensor:
+        """(B, F): the pooled features the head reads. ``attention``: a Transformer readout also stores the mean
+        attention of the CLS query on the CLS key per layer (over heads and the pooled cells, weighted as pooled) in
+        ``self.cls_self_attention``."""
         if self.kind == "intensity":
             return batch["intensity"]
         grid, idx, w = batch["grid"], batch["idx"], batch["weight"]  # (B, N, C, *S), (B, k), (B, k)
@@ -221,7 +239,12 @@ class Readout(nn.Module):
         elif self.kind == "concat":
             cell = tokens.flatten(2)
         else:
-            z = self.temporal(tokens.reshape(-1, n, c)).unflatten(0, tokens.shape[:2])  # (B, k, N+1, D)
+            z = self.temporal(tokens.reshape(-1, n, c), return_attention=attention)
+            if attention:
+                z, maps = z
+                cell_w = (w / w.sum(1, keepdim=True)).reshape(-1)  # (B*k,), each case weighs 1
+                self.cls_self_attention = [round(float((m[:, :, 0, 0].mean(1) * cell_w).sum() / b), 4) for m in maps]
+            z = z.unflatten(0, tokens.shape[:2])  # (B, k, N+1, D)
             cell = z[:, :, 0] if self.readout == "cls" else z[:, :, 1:].flatten(2)
         return (cell * w[..., None]).sum(1)
 
@@ -230,7 +253,7 @@ class Readout(nn.Module):
 
 
 def take(data: dict, idx) -> dict:
-    return {k: v[idx] for k, v in data.items() if k not in ("y",)}
+    return {k: v[idx] for k, v in data.items() if k not in ("y", "early_idx", "early_weight")}
 
 
 def train_readout(kind: str, train: dict, val: dict, args, seed: int) -> list[dict]:
@@ -242,9 +265,11 @@ def train_readout(kind: str, train: dict, val: dict, args, seed: int) -> list[di
     model = Readout(kind, channels, n, len(CLASSES), args, train["intensity"].shape[1])
     lr = TRANSFORMER_VARIANTS.get(kind, {}).get("lr", args.lr)
     opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=args.weight_decay)
-    warm = default_warmup_iterations(args.steps)
+    total = args.early_steps + args.steps
+    warm = default_warmup_iterations(total)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else (1 - s / args.steps) ** 0.9)
+        opt, lambda s: (s + 1) / warm if s < warm else (1 - s / total) ** 0.9)
+    early = {**train, "idx": train["early_idx"], "weight": train["early_weight"]} if args.early_steps else train
     g = torch.Generator().manual_seed(seed + 7)
     amp = args.amp
     scaler = torch.amp.GradScaler("cpu", enabled=amp == "fp16")
@@ -253,10 +278,11 @@ def train_readout(kind: str, train: dict, val: dict, args, seed: int) -> list[di
         return torch.autocast("cpu", dtype=AMP_DTYPES[amp], enabled=amp != "none")
 
     records, losses, t0 = [], [], time.perf_counter()
-    for step in range(1, args.steps + 1):
+    for step in range(1, total + 1):
         idx = torch.randint(0, len(train["y"]), (args.batch,), generator=g)
+        cells = early if step <= args.early_steps else train
         with autocast():
-            loss = F.cross_entropy(model(take(train, idx)), train["y"][idx])
+            loss = F.cross_entropy(model(take(cells, idx)), train["y"][idx])
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -265,10 +291,11 @@ def train_readout(kind: str, train: dict, val: dict, args, seed: int) -> list[di
         scaler.update()
         sched.step()
         losses.append(float(loss.detach()))
-        if step % args.eval_every == 0 or step == args.steps:
+        if step % args.eval_every == 0 or step == total:
             model.eval()
             with torch.no_grad(), autocast():
-                feats = model.features(take(val, slice(None))).float()
+                attention = kind in TRANSFORMER_VARIANTS and model.readout == "cls"
+                feats = model.features(take(val, slice(None)), attention=attention).float()
                 probs = torch.softmax(model.head(feats).float(), 1).numpy()
             model.train()
             s = classification_summary(val["y"].numpy(), probs, list(CLASSES))
@@ -277,6 +304,10 @@ def train_readout(kind: str, train: dict, val: dict, args, seed: int) -> list[di
                    "val_auc": round(float(s["auc_ovr_macro"]), 4), "val_accuracy": round(float(s["accuracy"]), 4),
                    "val_feature_std": round(float(feats.std(0).mean()), 5),
                    "seconds": round(time.perf_counter() - t0, 1)}
+            if args.early_steps:
+                rec["cells"] = args.early_pool_with if step <= args.early_steps else args.pool_with
+            if model.cls_self_attention is not None:
+                rec["cls_self_attention"] = model.cls_self_attention
             records.append(rec)
             losses = []
             emit(rec, args.out)
@@ -290,6 +321,8 @@ def prepare(args) -> tuple[dict, dict, dict]:
     key = {"shape": list(args.shape), "n_train": args.n_train, "n_val": args.n_val, "base": args.base_features,
            "cap": args.max_features, "encoder_iterations": args.encoder_iterations, "top_k": args.top_k,
            "pool_with": args.pool_with, "eval_pool_with": eval_pool}
+    if args.early_pool_with:
+        key["early_pool_with"] = args.early_pool_with
     if cache is not None and cache.is_file():
         stored = torch.load(cache, weights_only=False)
         if stored["key"] == key:
@@ -313,6 +346,9 @@ def prepare(args) -> tuple[dict, dict, dict]:
         d["intensity"] = torch.from_numpy((inten - mu) / sd)
         d["y"] = torch.from_numpy(y)
         out.append(d)
+    if args.early_pool_with:  # the same training features, other cells
+        early = bottleneck_features(net, x_tr, s_tr, args.top_k, args.early_pool_with)
+        out[0]["early_idx"], out[0]["early_weight"] = early["idx"], early["weight"]
     info = {"record": "encoder", "encoder_iterations": args.encoder_iterations,
             "seg_loss_first_last_25": [round(float(np.mean(losses[:25])), 4), round(float(np.mean(losses[-25:])), 4)]
             if losses else None, "bottleneck": list(out[0]["grid"].shape[1:]),
@@ -322,6 +358,10 @@ def prepare(args) -> tuple[dict, dict, dict]:
             "truth_lesion_fraction_of_pooled_cells": pooled_truth_fraction(out[0], s_tr),
             "val_truth_lesion_fraction_of_pooled_cells": pooled_truth_fraction(out[1], s_va),
             "seconds": round(time.perf_counter() - t0, 1)}
+    if args.early_pool_with:
+        info["early_pool_with"] = args.early_pool_with
+        info["early_truth_lesion_fraction_of_pooled_cells"] = pooled_truth_fraction(
+            {"grid": out[0]["grid"], "idx": out[0]["early_idx"], "weight": out[0]["early_weight"]}, s_tr)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"key": key, "train": out[0], "val": out[1], "info": info}, cache)

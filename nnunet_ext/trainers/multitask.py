@@ -150,6 +150,11 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         if getattr(unwrap(self.network), "cls_pool_channels", None):
             self.print_to_log_file(f"head pooling in training steps: {self.head_pool_in_training} "
                                    "(validation and inference: the predicted lesion)")
+        if self.metadata is not None and self.metadata.num_tabular and "tabular" not in self.network_uses:
+            self.print_to_log_file(
+                f"note: dataset.json declares the tabular features {list(self.metadata.tabular_features)}; "
+                f"{self.__class__.__name__} does not feed them to its network (they are validated and carried in "
+                "the batches only; see README, 'Limitations')")
 
     def configure_optimizers(self):
         """nnU-Net's SGD + poly for the U-Net, AdamW + warm-up + poly for ``auxiliary_modules`` (module docstring)."""

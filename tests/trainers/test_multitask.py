@@ -199,6 +199,14 @@ def test_head_settings_record_the_activation_and_old_results_folders_keep_relu(t
     assert isinstance(tr.network.cls_head.mlp[1], torch.nn.LeakyReLU)
 
 
+def test_the_log_says_when_declared_tabular_features_are_not_used(tiny_multiphase):
+    tr = make_trainer(tiny_multiphase, fold=3)
+    assert tr.metadata.tabular_features == ["age", "marker"] and "tabular" not in tr.network_uses
+    tr.initialize()
+    log = open(tr.log_file, encoding="utf-8").read()
+    assert "tabular features ['age', 'marker']; EarlyFusionTrainer_smoke does not feed them to its network" in log
+
+
 @pytest.mark.parametrize("trainer, pools_with_truth", [("EarlyFusionTrainer_smoke", True),
                                                         ("EarlyFusionTrainer_predictionPool_smoke", False)])
 def test_training_steps_pool_the_head_with_the_ground_truth_lesion(tiny_multiphase, monkeypatch, trainer,
