@@ -32,7 +32,7 @@ class CommandError(NnunetExtError, ValueError):
 
 # the nnU-Net folder a subcommand's -d must exist in (benchmark resolves its own -d)
 DATASET_ROOTS = {"validate": "nnUNet_raw", "plan-and-preprocess": "nnUNet_raw", "train": "nnUNet_preprocessed",
-                 "predict": "nnUNet_results", "robustness": "nnUNet_results"}
+                 "predict": "nnUNet_results", "robustness": "nnUNet_results", "attention": "nnUNet_results"}
 _ROOT_FIX = {
     "nnUNet_raw": "Fix: check the id (the dataset must be a folder nnUNet_raw/DatasetXXX_Name with dataset.json, "
                   "imagesTr and labelsTr; `nnunet-ext convert` writes one) and the nnUNet_raw variable.",
@@ -255,6 +255,20 @@ def _predict(args) -> None:
     print(f"Predictions written to {args.o}")
 
 
+def _attention(args) -> None:
+    from nnunet_ext.inference.attention import phase_attention
+    from nnunet_ext.inference.predict import model_folder_from_args
+
+    if args.m is None and args.d is None:
+        args.parser.error("give the model: -d DATASET (with -tr/-p/-c) or -m MODEL_FOLDER")
+    model = args.m or model_folder_from_args(args.d, args.tr, args.p, args.c)
+    check_model_folds(model, args.f, args.chk)
+    folds = None if args.f is None else [f if f == "all" else int(f) for f in args.f]
+    rows = phase_attention(args.i, args.o, model, folds, args.chk, args.step_size, args.device, args.s, args.layer,
+                           args.min_lesion_voxels, args.save_maps, not args.no_plot)
+    print(f"Attention over phases of {len(rows)} lesion(s) written to {args.o}")
+
+
 def _default_device() -> str:
     import torch
 
@@ -315,6 +329,26 @@ def add_parser(sub) -> None:
     p.add_argument("--save_probabilities", action="store_true")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_predict, parser=p)
+
+    p = sub.add_parser("attention", help="STD-Net's temporal attention over the phases, per lesion (CSV, JSON, plots)")
+    p.add_argument("-i", required=True, help="input folder (CASE_XXXX.nii.gz files)")
+    p.add_argument("-o", required=True, help="output folder")
+    p.add_argument("-d", help="dataset id or name")
+    p.add_argument("-c", default="3d_fullres")
+    p.add_argument("-tr", default="STDNetTrainer")
+    p.add_argument("-p", default="STDNetPlans")
+    p.add_argument("-m", help="or: a trained model folder (overrides -d/-tr/-p/-c)")
+    p.add_argument("-f", nargs="+", type=fold_arg, default=None, help="folds to ensemble (default: all found)")
+    p.add_argument("-chk", default="checkpoint_final.pth")
+    p.add_argument("-step_size", type=float, default=0.5)
+    p.add_argument("-device", default=_default_device())
+    p.add_argument("-s", default=None, help="reference segmentations (CASE.nii.gz, e.g. labelsTr) whose lesions to "
+                                            "report instead of the predicted ones")
+    p.add_argument("--layer", type=int, default=-1, help="Transformer layer (default: the last)")
+    p.add_argument("--min_lesion_voxels", type=int, default=10, help="smaller connected lesions are skipped")
+    p.add_argument("--save_maps", action="store_true", help="also save the per-phase maps (CASE_phase_attention.npz)")
+    p.add_argument("--no_plot", action="store_true", help="no per-case bar plot")
+    p.set_defaults(func=_attention, parser=p)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -261,10 +261,15 @@ class STDNet(nn.Module):
         """CLS-to-phase attention of one layer, averaged over heads, on the bottleneck grid: (B, N, *S_b).
         Each location's N weights sum to at most 1 (the rest goes to CLS itself). Upsample (e.g.
         ``F.interpolate(maps, size=x.shape[2:], mode="trilinear")``) and mask with a lesion to plot per lesion."""
-        w = self.temporal_attention(x)[layer][:, :, :, 0, 1:].mean(2)  # (B, L_b, N)
-        b, n = x.shape[0], self.num_phases
-        spatial = self._level_sizes(x.shape[2:])[-1]
-        return w.transpose(1, 2).reshape(b, n, *spatial)
+        return self.cls_attention_maps(self.temporal_attention(x)[layer], x.shape[2:])
+
+    def cls_attention_maps(self, weights: torch.Tensor, input_size) -> torch.Tensor:
+        """One layer's attention weights (B, L_b, h, N+1, N+1), as ``forward(..., return_attention=True)`` or
+        :meth:`temporal_attention` return them for an input of spatial size ``input_size`` -> the CLS-to-phase
+        attention averaged over heads on the bottleneck grid, (B, N, *S_b)."""
+        w = weights[:, :, :, 0, 1:].mean(2)  # (B, L_b, N)
+        spatial = self._level_sizes(input_size)[-1]
+        return w.transpose(1, 2).reshape(w.shape[0], self.num_phases, *spatial)
 
     # ------------------------------------------------------------------ nnU-Net hooks
     def _encoders(self) -> list[nn.Module]:

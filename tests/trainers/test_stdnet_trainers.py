@@ -17,6 +17,7 @@ import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -272,6 +273,30 @@ def test_stdnet_trainer_trains_on_stdnet_plans_and_predicts(dataset, single_cpu,
     assert (model / "fold_0" / "validation" / "classification.csv").is_file()
     assert _data_folders(dataset["pre"]) == ["nnUNetPlans_3d_fullres"]  # training did not preprocess again
     _predict_and_check(dataset, model, tmp_path / "pred", 0)
+    _attention_and_check(dataset, tmp_path / "pred_input", tmp_path / "attention")
+
+
+def _attention_and_check(dataset, inp: Path, out: Path) -> None:
+    """``nnunet-ext attention`` on the trained model: per-lesion rows for the reference lesions, a plot per case,
+    the maps on request; predicted lesions of a barely trained model may be none, which must not fail."""
+    from nnunet_ext.cli import main
+
+    common = ["attention", "-i", str(inp), "-d", str(DATASET), "-tr", "STDNetTrainer_smoke", "-p", TINY_PLANS,
+              "-f", "0", "-device", "cpu", "--min_lesion_voxels", "1"]
+    assert main([*common, "-o", str(out), "-s", str(dataset["raw"] / "labelsTr"), "--save_maps"]) == 0
+    stored = json.loads((out / "phase_attention.json").read_text(encoding="utf-8"))
+    rows = stored["lesions"]
+    assert stored["lesion_source"] == "reference" and stored["phases"] and stored["layer"] == 1
+    assert {r["case"] for r in rows} == {"case_000", "case_001"}
+    for r in rows:
+        shares = [r[f"attention_{p}"] for p in stored["phases"]] + [r["attention_cls"]]
+        assert all(0 <= a <= 1 for a in shares) and abs(sum(shares) - 1) < 1e-3 and r["voxels"] >= 1
+    assert (out / "case_000_phase_attention.png").stat().st_size > 0
+    maps = np.load(out / "case_000_phase_attention.npz")
+    assert maps["attention"].shape[0] == len(stored["phases"]) and maps["lesions"].max() >= 1
+    assert main([*common, "-o", str(out / "predicted")]) == 0  # lesions from the model's own prediction
+    assert json.loads((out / "predicted" / "phase_attention.json").read_text(encoding="utf-8"))[
+        "lesion_source"] == "prediction"
 
 
 @pytest.mark.parametrize("trainer,plans", [
