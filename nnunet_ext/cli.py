@@ -242,14 +242,21 @@ def check_model_folds(model: str, folds: list | None, checkpoint: str) -> None:
                            "another checkpoint (e.g. checkpoint_best.pth), or finish the training.")
 
 
-def _predict(args) -> None:
-    from nnunet_ext.inference.predict import model_folder_from_args, predict
+def _model_and_folds(args) -> tuple[str, list | None]:
+    """The model folder (-m, or -d/-tr/-p/-c) checked to hold the requested folds, and the folds (None: all)."""
+    from nnunet_ext.inference.predict import model_folder_from_args
 
     if args.m is None and args.d is None:
         args.parser.error("give the model: -d DATASET (with -tr/-p/-c) or -m MODEL_FOLDER")
     model = args.m or model_folder_from_args(args.d, args.tr, args.p, args.c)
     check_model_folds(model, args.f, args.chk)
-    folds = None if args.f is None else [f if f == "all" else int(f) for f in args.f]
+    return model, None if args.f is None else [f if f == "all" else int(f) for f in args.f]
+
+
+def _predict(args) -> None:
+    from nnunet_ext.inference.predict import predict
+
+    model, folds = _model_and_folds(args)
     predict(args.i, args.o, model, folds, args.chk, args.step_size, args.disable_tta, args.device, args.npp,
             args.nps, args.save_probabilities, args.verbose)
     print(f"Predictions written to {args.o}")
@@ -257,13 +264,8 @@ def _predict(args) -> None:
 
 def _attention(args) -> None:
     from nnunet_ext.inference.attention import phase_attention
-    from nnunet_ext.inference.predict import model_folder_from_args
 
-    if args.m is None and args.d is None:
-        args.parser.error("give the model: -d DATASET (with -tr/-p/-c) or -m MODEL_FOLDER")
-    model = args.m or model_folder_from_args(args.d, args.tr, args.p, args.c)
-    check_model_folds(model, args.f, args.chk)
-    folds = None if args.f is None else [f if f == "all" else int(f) for f in args.f]
+    model, folds = _model_and_folds(args)
     rows = phase_attention(args.i, args.o, model, folds, args.chk, args.step_size, args.device, args.s, args.layer,
                            args.min_lesion_voxels, args.save_maps, not args.no_plot)
     print(f"Attention over phases of {len(rows)} lesion(s) written to {args.o}")
@@ -273,6 +275,20 @@ def _default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _add_model_input_args(p, trainer: str, plans: str) -> None:
+    """The flags ``predict`` and ``attention`` share with nnUNetv2_predict: input, output and the trained model."""
+    p.add_argument("-i", required=True, help="input folder (CASE_XXXX.nii.gz files)")
+    p.add_argument("-o", required=True, help="output folder")
+    p.add_argument("-d", help="dataset id or name")
+    p.add_argument("-c", default="3d_fullres")
+    p.add_argument("-tr", default=trainer)
+    p.add_argument("-p", default=plans)
+    p.add_argument("-m", help="or: a trained model folder (overrides -d/-tr/-p/-c)")
+    p.add_argument("-f", nargs="+", type=fold_arg, default=None, help="folds to ensemble (default: all found)")
+    p.add_argument("-chk", default="checkpoint_final.pth")
+    p.add_argument("-step_size", type=float, default=0.5)
 
 
 def add_parser(sub) -> None:
@@ -312,16 +328,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="nnUNetv2_predict plus classification.csv / classification.json")
-    p.add_argument("-i", required=True, help="input folder (CASE_XXXX.nii.gz files)")
-    p.add_argument("-o", required=True, help="output folder")
-    p.add_argument("-d", help="dataset id or name")
-    p.add_argument("-c", default="3d_fullres")
-    p.add_argument("-tr", default="EarlyFusionTrainer")
-    p.add_argument("-p", default="nnUNetPlans")
-    p.add_argument("-m", help="or: a trained model folder (overrides -d/-tr/-p/-c)")
-    p.add_argument("-f", nargs="+", type=fold_arg, default=None, help="folds to ensemble (default: all found)")
-    p.add_argument("-chk", default="checkpoint_final.pth")
-    p.add_argument("-step_size", type=float, default=0.5)
+    _add_model_input_args(p, "EarlyFusionTrainer", "nnUNetPlans")
     p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
     p.add_argument("-device", default=_default_device())
     p.add_argument("-npp", type=int, default=2, help="preprocessing processes")
@@ -331,16 +338,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_predict, parser=p)
 
     p = sub.add_parser("attention", help="STD-Net's temporal attention over the phases, per lesion (CSV, JSON, plots)")
-    p.add_argument("-i", required=True, help="input folder (CASE_XXXX.nii.gz files)")
-    p.add_argument("-o", required=True, help="output folder")
-    p.add_argument("-d", help="dataset id or name")
-    p.add_argument("-c", default="3d_fullres")
-    p.add_argument("-tr", default="STDNetTrainer")
-    p.add_argument("-p", default="STDNetPlans")
-    p.add_argument("-m", help="or: a trained model folder (overrides -d/-tr/-p/-c)")
-    p.add_argument("-f", nargs="+", type=fold_arg, default=None, help="folds to ensemble (default: all found)")
-    p.add_argument("-chk", default="checkpoint_final.pth")
-    p.add_argument("-step_size", type=float, default=0.5)
+    _add_model_input_args(p, "STDNetTrainer", "STDNetPlans")
     p.add_argument("-device", default=_default_device())
     p.add_argument("-s", default=None, help="reference segmentations (CASE.nii.gz, e.g. labelsTr) whose lesions to "
                                             "report instead of the predicted ones")

@@ -60,6 +60,18 @@ def _fewer_fingerprint_intensity_samples():
         yield
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One torch thread for a module of tiny-tensor tests (``pytestmark = pytest.mark.usefixtures(...)``): tiny
+    tensors gain nothing from threads, and OpenMP threads spinning on a busy shared CPU cost 100x."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """``../shared/data/real``: small real CT/MRI/DICOM files (read-only; copy before writing)."""

@@ -11,14 +11,7 @@ from nnunet_ext.architectures.blocks.conv_gru import ConvGRU, ConvGRUCell
 from nnunet_ext.architectures.blocks.phase_fusion import PhaseWeighting, ReferencePhaseAttention
 from nnunet_ext.architectures.blocks.temporal_transformer import LayerNormFp32, TemporalTransformer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads spinning on a busy shared CPU cost 100x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.mark.parametrize("norm_first", [True, False])

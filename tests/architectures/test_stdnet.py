@@ -10,14 +10,7 @@ from torch import nn
 
 from nnunet_ext.architectures.stdnet import STDNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads spinning on a busy shared CPU cost 100x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 PATCH = (4, 8, 8)

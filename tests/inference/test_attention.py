@@ -32,12 +32,7 @@ TOPOLOGY = dict(n_stages=3, features_per_stage=(4, 8, 16), conv_op=nn.Conv3d, ke
                 nonlin_kwargs={"inplace": True})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def make_net(temporal: str = "transformer") -> STDNet:
