@@ -43,7 +43,10 @@ def test_every_readout_trains_and_the_cache_is_reused(probe, tmp_path):
     encoder2 = json.loads(out2.read_text(encoding="utf-8").splitlines()[1])
     assert encoder2["cached"] is True and encoder2["bottleneck"] == encoder["bottleneck"]
     first = [json.loads(line) for line in out2.read_text(encoding="utf-8").splitlines()[2:]]
-    assert first == [r for r in records if r["readout"] == "mean"]  # same seed, same cached features
+    def untimed(rs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+
+    assert untimed(first) == untimed(r for r in records if r["readout"] == "mean")  # same seed, same features
 
 
 def test_readouts_pool_the_selected_cells_with_their_weights(probe):
@@ -121,9 +124,9 @@ def test_amp_trains_and_evaluates_the_readout_under_autocast(probe, tmp_path, mo
     forward, features = probe.Readout.forward, probe.Readout.features
 
     def spy(method):
-        def wrapped(self, batch):
+        def wrapped(self, batch, **kwargs):
             seen.append((method.__name__, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
-            return method(self, batch)
+            return method(self, batch, **kwargs)
         return wrapped
 
     monkeypatch.setattr(probe.Readout, "forward", spy(forward))
@@ -136,3 +139,32 @@ def test_amp_trains_and_evaluates_the_readout_under_autocast(probe, tmp_path, mo
     # training steps (forward) and evaluations (features) both ran under autocast with the requested dtype
     assert {name for name, *_ in seen} == {"forward", "features"}
     assert all(enabled and d == dtype for _, enabled, d in seen)
+
+
+def test_early_steps_train_on_the_early_cells_then_on_the_main_ones(probe, tmp_path, monkeypatch):
+    cache, out = tmp_path / "cache", tmp_path / "early.jsonl"
+    argv = TINY + ["--cache", str(cache), "--early-pool-with", "prediction", "--early-steps", "2",
+                   "--readouts", "transformer", "--out", str(out)]
+    seen = []
+    forward = probe.Readout.forward
+
+    def spy(self, batch):
+        if self.training:
+            seen.append(batch["idx"].clone())
+        return forward(self, batch)
+
+    monkeypatch.setattr(probe.Readout, "forward", spy)
+    assert probe.main(argv) == 0
+    _, encoder, *records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert encoder["early_pool_with"] == "prediction" and "early_truth_lesion_fraction_of_pooled_cells" in encoder
+    # one schedule over early + main steps; each evaluation says which cells the steps before it trained on
+    assert [(r["step"], r["cells"]) for r in records] == [(2, "prediction"), (4, "truth"), (6, "truth")]
+    # the CLS attention on itself, one mean weight per layer (2 layers here)
+    assert all(len(r["cls_self_attention"]) == 2 and all(0 <= a <= 1 for a in r["cls_self_attention"])
+               for r in records)
+    train, _, _ = probe.prepare(probe.parse_args(argv))  # the cached features the run used
+    g = torch.Generator().manual_seed(7)  # the batches of seed 0
+    batches = [torch.randint(0, len(train["y"]), (4,), generator=g) for _ in range(6)]
+    expected = [train["early_idx"][b] for b in batches[:2]] + [train["idx"][b] for b in batches[2:]]
+    assert len(seen) == 6 and all(torch.equal(a, b) for a, b in zip(seen, expected))
+    assert not all(torch.equal(train["early_idx"][b], train["idx"][b]) for b in batches)  # the two pools differ
