@@ -5,7 +5,8 @@
 2. plan and preprocess vanilla (``nnUNetPlans``) and with ``STDNetPlanner`` (which reuses the vanilla data);
 3. train fold 0 of vanilla nnU-Net, the early-fusion baseline (nnU-Net + head) and STD-Net on the short ``_demo``
    schedule with the stock nnU-Net training code;
-4. predict the held-out cases (segmentations + ``classification.csv``) with ``nnunet-ext predict``;
+4. predict the held-out cases (segmentations + ``classification.csv``) with ``nnunet-ext predict``, and write
+   STD-Net's attention over the phases per held-out lesion with ``nnunet-ext attention``;
 5. run ``nnunet-ext benchmark`` on the fold-0 validation predictions;
 6. print a results table and where the report and plots are.
 
@@ -84,6 +85,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     from nnunet_ext.conversion.synthetic_liver import convert_synthetic_liver
     from nnunet_ext.evaluation.benchmark import run_benchmark
+    from nnunet_ext.inference.attention import phase_attention
     from nnunet_ext.inference.predict import predict
     from nnunet_ext.planners.api import plan_and_preprocess
 
@@ -106,7 +108,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         train_if_needed(TRAIN_NAME, "3d_fullres", 0, trainer, plans, cfg.device,
                         os.path.join(logs, f"train_{trainer}.log"))
 
-    stage("4/6 predict the held-out cases (segmentations + classification.csv)")
+    stage("4/6 predict the held-out cases (segmentations + classification.csv; STD-Net's attention over phases per "
+          "lesion)")
     predictions = {}
     for trainer, plans in methods:
         out = os.path.join(os.path.abspath(cfg.output), "predictions_heldout", trainer)
@@ -115,6 +118,12 @@ def run_demo(cfg: DemoConfig) -> dict:
             predict(os.path.join(test_folder, "imagesTr"), out, model, folds=[0], device=cfg.device,
                     disable_tta=cfg.device == "cpu", num_processes_preprocessing=1, num_processes_export=1)
         predictions[trainer] = out
+    stdnet, stdnet_plans = methods[-1]
+    attention = os.path.join(os.path.abspath(cfg.output), "attention_heldout")
+    with quiet(os.path.join(logs, "attention.log")):
+        phase_attention(os.path.join(test_folder, "imagesTr"), attention,
+                        model_folder(TRAIN_NAME, stdnet, stdnet_plans), folds=[0], device=cfg.device,
+                        reference_folder=os.path.join(test_folder, "labelsTr"))
 
     stage("5/6 nnunet-ext benchmark on the fold-0 validation predictions")
     with quiet(os.path.join(logs, "benchmark.log")):
@@ -192,6 +201,8 @@ def results_table(res, heldout: dict, cfg: DemoConfig, seconds: float) -> str:
               f"plots:       {res.output_folder}/*.png",
               f"predictions: {os.path.join(os.path.abspath(cfg.output), 'predictions_heldout')}/<method>/"
               "(*.nii.gz, classification.csv)",
+              f"attention:   {os.path.join(os.path.abspath(cfg.output), 'attention_heldout')}/ (STD-Net's attention "
+              "over phases per held-out lesion: phase_attention.csv, one plot per case)",
               f"total time:  {seconds / 60:.1f} min"]
     return "\n".join(lines)
 
