@@ -21,7 +21,7 @@ on. This module turns them into one number per phase and lesion:
    SimpleITK reads it).
 
 Outputs in ``-o``: ``phase_attention.csv`` and ``phase_attention.json`` (one row per lesion; rows of cases not run
-again are kept), one bar plot per case (``CASE_phase_attention.png``) and, with ``--save_maps``, the per-phase maps on
+again are kept, rows of another model, fold set, layer or phase list are refused), one bar plot per case (``CASE_phase_attention.png``) and, with ``--save_maps``, the per-phase maps on
 the preprocessed grid (``CASE_phase_attention.npz``: ``attention`` (N, *S) float16, ``lesions`` (int32 component ids),
 ``spacing``).
 """
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from nnunet_ext.inference.predict import InputError, check_input_folder
 
 CSV_NAME, JSON_NAME = "phase_attention.csv", "phase_attention.json"
+MERGE_KEYS = ("model", "folds", "layer", "phases")  # rows are only merged with rows that agree on these
 
 
 class AttentionError(InputError):
@@ -187,19 +188,26 @@ def reference_segmentations(folder: str, cases: list[str], ending: str) -> dict[
     return files
 
 
-def merge_rows(output_folder: str, new_rows: list[dict], done_cases: set[str]) -> list[dict]:
-    """Earlier rows of ``phase_attention.json`` for cases not run again, then the new rows (nothing written before
-    for other cases is lost)."""
+def earlier_rows(output_folder: str, meta: dict, done_cases: set[str]) -> list[dict]:
+    """Rows of an existing ``phase_attention.json`` for cases not run again (nothing written before for other cases
+    is lost). Rows of another model, fold set, layer or phase list are refused rather than mixed: checked before any
+    case is run."""
     path = os.path.join(output_folder, JSON_NAME)
-    old = []
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                old = [r for r in json.load(f)["lesions"] if r["case"] not in done_cases]
-        except (ValueError, KeyError, TypeError) as e:
-            raise AttentionError(f"{path} exists but was not written by nnunet-ext attention ({e}). Fix: move it "
-                                 "away or choose another output folder (-o).") from e
-    return old + new_rows
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f)
+        old = [r for r in stored["lesions"] if r["case"] not in done_cases]
+    except (ValueError, KeyError, TypeError) as e:
+        raise AttentionError(f"{path} exists but was not written by nnunet-ext attention ({e}). Fix: move it away or "
+                             "choose another output folder (-o).") from e
+    other = {k: stored.get(k) for k in MERGE_KEYS if stored.get(k) != meta.get(k)}
+    if old and other:
+        raise AttentionError(f"{path} holds rows of another run ({', '.join(f'{k}={v!r}' for k, v in other.items())}"
+                             f"; this run: {', '.join(f'{k}={meta.get(k)!r}' for k in other)}). Fix: choose another "
+                             "output folder (-o).")
+    return old
 
 
 def write_tables(output_folder: str, rows: list[dict], meta: dict) -> None:
@@ -254,6 +262,10 @@ def phase_attention(input_folder: str, output_folder: str, model_folder: str, fo
     transpose = predictor.plans_manager.transpose_forward
     spacing = predictor.configuration_manager.spacing
     layer_index = layer % depth
+    meta = {"model": os.path.abspath(model_folder), "folds": list(folds) if folds else "all",
+            "layer": layer_index, "phases": phases, "lesion_source": "reference" if refs else "prediction",
+            "min_lesion_voxels": min_lesion_voxels}
+    kept_rows = earlier_rows(output_folder, meta, set(cases))
     os.makedirs(output_folder, exist_ok=True)
     files = {c: [os.path.join(input_folder, f"{c}_{i:04d}{ending}") for i in range(len(dataset_json["channel_names"]))]
              for c in cases}
@@ -288,8 +300,5 @@ def phase_attention(input_folder: str, output_folder: str, model_folder: str, fo
                                 attention=attention.numpy().astype(np.float16), lesions=components,
                                 spacing=np.asarray(spacing), phases=np.asarray(phases))
         new_rows += rows
-    meta = {"model": os.path.abspath(model_folder), "folds": list(folds) if folds else "all",
-            "layer": layer_index, "phases": phases, "lesion_source": "reference" if refs else "prediction",
-            "min_lesion_voxels": min_lesion_voxels}
-    write_tables(output_folder, merge_rows(output_folder, new_rows, set(cases)), meta)
+    write_tables(output_folder, kept_rows + new_rows, meta)
     return new_rows

@@ -18,8 +18,8 @@ from nnunet_ext.architectures.stdnet import STDNet
 from nnunet_ext.inference.attention import (
     AttentionError,
     attention_network,
+    earlier_rows,
     lesion_rows,
-    merge_rows,
     original_voxel,
     sliding_window_attention,
     write_tables,
@@ -136,20 +136,25 @@ def test_centroids_map_back_through_resampling_crop_and_transpose():
 
 
 def test_tables_keep_rows_of_cases_not_run_again(tmp_path):
+    meta = {"model": "/m", "folds": [0], "layer": 1, "phases": ["art", "pv"], "lesion_source": "prediction"}
     old = [{"case": "a", "lesion": 1, "attention_pv": 0.1, "centroid_voxel": [1, 2, 3]},
            {"case": "b", "lesion": 1, "attention_pv": 0.2, "centroid_voxel": [1, 2, 3]}]
-    write_tables(str(tmp_path), old, {"layer": 1})
+    write_tables(str(tmp_path), old, meta)
     new = [{"case": "b", "lesion": 1, "attention_pv": 0.9, "centroid_voxel": [0, 0, 0]}]
-    rows = merge_rows(str(tmp_path), new, {"b"})
+    rows = earlier_rows(str(tmp_path), {**meta, "lesion_source": "reference"}, {"b"}) + new
     assert [(r["case"], r["attention_pv"]) for r in rows] == [("a", 0.1), ("b", 0.9)]
-    write_tables(str(tmp_path), rows, {"layer": 1})
+    write_tables(str(tmp_path), rows, meta)
     stored = json.loads((tmp_path / "phase_attention.json").read_text(encoding="utf-8"))
     assert stored["layer"] == 1 and len(stored["lesions"]) == 2
     lines = (tmp_path / "phase_attention.csv").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "case,lesion,attention_pv,centroid_voxel" and lines[2] == "b,1,0.9,0 0 0"
+    # rows of another layer (or model, folds, phases) are not mixed in; rerunning every stored case is fine
+    with pytest.raises(AttentionError, match=r"holds rows of another run \(layer=1; this run: layer=0\). Fix"):
+        earlier_rows(str(tmp_path), {**meta, "layer": 0}, {"b"})
+    assert earlier_rows(str(tmp_path), {**meta, "layer": 0}, {"a", "b"}) == []
     (tmp_path / "phase_attention.json").write_text("not json", encoding="utf-8")
     with pytest.raises(AttentionError, match="not written by nnunet-ext attention.*Fix"):
-        merge_rows(str(tmp_path), new, {"b"})
+        earlier_rows(str(tmp_path), meta, {"b"})
 
 
 def test_reference_segmentations_name_the_missing_cases(tmp_path):
