@@ -111,7 +111,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "on the GPU); the cached features stay float32")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.early_steps and not args.early_pool_with:
+        p.error("--early-steps needs --early-pool-with (the pooling of the early steps)")
+    return args
 
 
 # ----------------------------------------------------------------------------------------------------- data

@@ -168,3 +168,9 @@ def test_early_steps_train_on_the_early_cells_then_on_the_main_ones(probe, tmp_p
     expected = [train["early_idx"][b] for b in batches[:2]] + [train["idx"][b] for b in batches[2:]]
     assert len(seen) == 6 and all(torch.equal(a, b) for a, b in zip(seen, expected))
     assert not all(torch.equal(train["early_idx"][b], train["idx"][b]) for b in batches)  # the two pools differ
+
+
+def test_early_steps_without_their_pooling_is_an_argument_error(probe, capsys):
+    with pytest.raises(SystemExit):
+        probe.parse_args(["--early-steps", "5"])
+    assert "--early-steps needs --early-pool-with" in capsys.readouterr().err
