@@ -167,3 +167,21 @@ def test_reference_segmentations_name_the_missing_cases(tmp_path):
         reference_segmentations(str(tmp_path), ["case_a", "case_b"], ".nii.gz")
     with pytest.raises(AttentionError, match="does not exist. Fix: pass -s with a folder"):
         reference_segmentations(str(tmp_path / "nope"), ["case_a"], ".nii.gz")
+
+
+def test_predicted_lesions_use_the_lesion_labels_or_any_region():
+    from nnunet_ext.inference.attention import lesion_mask_from_logits
+
+    logits = torch.zeros(3, 1, 2, 2)
+    logits[1, 0, 0, 0] = 5  # liver
+    logits[2, 0, 1, 1] = 5  # lesion
+    labels = SimpleNamespace(has_regions=False, foreground_labels=[1, 2])
+    with_lesion_labels = SimpleNamespace(label_manager=labels, plans_manager=SimpleNamespace(
+        plans={"nnunet_ext": {"lesion_labels": [2]}}))
+    assert lesion_mask_from_logits(with_lesion_labels, logits)[0].tolist() == [[False, False], [False, True]]
+    without = SimpleNamespace(label_manager=labels, plans_manager=SimpleNamespace(plans={}))  # every foreground label
+    assert lesion_mask_from_logits(without, logits)[0].tolist() == [[True, False], [False, True]]
+    regions = SimpleNamespace(label_manager=SimpleNamespace(has_regions=True), plans_manager=SimpleNamespace(plans={}))
+    region_logits = torch.full((2, 1, 2, 2), -5.0)
+    region_logits[1, 0, 0, 1] = 5
+    assert lesion_mask_from_logits(regions, region_logits)[0].tolist() == [[False, True], [False, False]]
