@@ -21,9 +21,9 @@ on. This module turns them into one number per phase and lesion:
    SimpleITK reads it).
 
 Outputs in ``-o``: ``phase_attention.csv`` and ``phase_attention.json`` (one row per lesion; rows of cases not run
-again are kept, rows of another model, fold set, layer or phase list are refused), one bar plot per case (``CASE_phase_attention.png``) and, with ``--save_maps``, the per-phase maps on
-the preprocessed grid (``CASE_phase_attention.npz``: ``attention`` (N, *S) float16, ``lesions`` (int32 component ids),
-``spacing``).
+again are kept, rows of another model, fold set, layer or phase list are refused), one bar plot per case
+(``CASE_phase_attention.png``) and, with ``--save_maps``, the per-phase maps on the preprocessed grid
+(``CASE_phase_attention.npz``: ``attention`` (N, *S) float16, ``lesions`` (int32 component ids), ``spacing``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnunet_ext.inference.predict import InputError, check_input_folder
+from nnunet_ext.architectures.base import PLANS_KEY
+from nnunet_ext.inference.predict import InputError, check_input_folder, require_finite, torch_device
 
 CSV_NAME, JSON_NAME = "phase_attention.csv", "phase_attention.json"
 MERGE_KEYS = ("model", "folds", "layer", "phases")  # rows are only merged with rows that agree on these
@@ -98,8 +99,6 @@ def sliding_window_attention(predictor, net, data: torch.Tensor, layer: int = -1
 
 def lesion_labels(predictor) -> list[int]:
     """The metadata's ``lesion_labels`` recorded in the model's plans, else every foreground label."""
-    from nnunet_ext.architectures.base import PLANS_KEY
-
     labels = predictor.plans_manager.plans.get(PLANS_KEY, {}).get("lesion_labels")
     return list(labels or predictor.label_manager.foreground_labels)
 
@@ -244,9 +243,7 @@ def phase_attention(input_folder: str, output_folder: str, model_folder: str, fo
     cases = check_input_folder(input_folder, dataset_json)
     ending = dataset_json["file_ending"]
     refs = reference_segmentations(reference_folder, cases, ending) if reference_folder else {}
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("-device cuda was requested but no CUDA device is available. Fix: pass -device cpu.")
+    dev = torch_device(device)
     predictor = ClassifyingPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=False,
                                      perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                      verbose_preprocessing=False, allow_tqdm=False)
@@ -256,7 +253,7 @@ def phase_attention(input_folder: str, output_folder: str, model_folder: str, fo
     if not -depth <= layer < depth:
         raise AttentionError(f"--layer {layer}: this model's Transformer has {depth} layers (0..{depth - 1}, or -1 "
                              "for the last). Fix: pass a layer in that range.")
-    phases = list(predictor.plans_manager.plans.get("nnunet_ext", {}).get("phases")
+    phases = list(predictor.plans_manager.plans.get(PLANS_KEY, {}).get("phases")
                   or [dataset_json["channel_names"][str(i)] for i in range(net.num_phases)])
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     transpose = predictor.plans_manager.transpose_forward
@@ -274,9 +271,7 @@ def phase_attention(input_folder: str, output_folder: str, model_folder: str, fo
         data, ref_seg, props = preprocessor.run_case(files[case], refs.get(case), predictor.plans_manager,
                                                      predictor.configuration_manager, dataset_json)
         data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-        if not torch.isfinite(data).all():
-            raise InputError(f"case {case} contains NaN or infinite values after preprocessing. Fix: replace them in "
-                             "the input image(s) (e.g. with the image minimum).")
+        require_finite(data, case)
         logits = attention = None
         for params in predictor.list_of_parameters:
             net.load_state_dict(params)

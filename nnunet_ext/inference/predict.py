@@ -43,6 +43,21 @@ def check_input_folder(input_folder: str, dataset_json: dict) -> list[str]:
     return sorted(channels)
 
 
+def require_finite(data: torch.Tensor, case: str) -> None:
+    """Preprocessed data of ``case`` holds no NaN or infinity, or an error naming the case and the fix."""
+    if not torch.isfinite(data).all():
+        raise InputError(f"case {case} contains NaN or infinite values after preprocessing. Fix: replace them in the "
+                         "input image(s) (e.g. with the image minimum).")
+
+
+def torch_device(device: str) -> torch.device:
+    """``-device`` as a torch device; asking for CUDA on a machine without it is an error with the fix."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("-device cuda was requested but no CUDA device is available. Fix: pass -device cpu.")
+    return dev
+
+
 def check_case_files(files: list[str], case: str, names: list[str]) -> None:
     """Every channel file of one case whole and finite (:func:`~nnunet_ext.data.integrity.check_image_file`), and
     all on one voxel grid: nnU-Net only warns about channels whose origins differ and then predicts with the phases
@@ -75,9 +90,7 @@ def predict(input_folder: str, output_folder: str, model_folder: str, folds=None
     ensure_trainer_path()  # nnU-Net finds the trainer class of the model by name on this path
     dataset_json = load_dataset_json(os.path.join(model_folder, "dataset.json"))
     check_input_folder(input_folder, dataset_json)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("-device cuda was requested but no CUDA device is available. Fix: pass -device cpu.")
+    dev = torch_device(device)
     predictor = ClassifyingPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
                                      perform_everything_on_device=dev.type == "cuda", device=dev, verbose=verbose,
                                      verbose_preprocessing=verbose, allow_tqdm=True)

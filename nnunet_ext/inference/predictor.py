@@ -109,11 +109,9 @@ class ClassifyingPredictor(nnUNetPredictor):
         return agg.numpy()
 
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
-        if not torch.isfinite(data).all():
-            from nnunet_ext.inference.predict import InputError
+        from nnunet_ext.inference.predict import require_finite
 
-            raise InputError(f"case {self._current_case or '(in memory)'} contains NaN or infinite values after "
-                             "preprocessing. Fix: replace them in the input image(s) (e.g. with the image minimum).")
+        require_finite(data, self._current_case or "(in memory)")
         self._fold_probs = []
         logits = super().predict_logits_from_preprocessed_data(data)
         if self.has_classification and self._current_case is not None:

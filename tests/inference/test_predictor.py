@@ -169,3 +169,15 @@ def test_nan_input_names_the_case(predictor):
     predictor._current_case = "case_007"
     with pytest.raises(InputError, match="case_007 contains NaN"):
         predictor.predict_logits_from_preprocessed_data(x)
+
+
+def test_non_finite_preprocessed_data_and_missing_cuda_are_named_with_the_fix(monkeypatch):
+    from nnunet_ext.inference.predict import require_finite, torch_device
+
+    require_finite(torch.zeros(1, 2, 2, 2), "case_x")
+    with pytest.raises(InputError, match=r"case case_x contains NaN or infinite values after preprocessing\. Fix: "):
+        require_finite(torch.tensor([0.0, float("nan")]), "case_x")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert torch_device("cpu").type == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA device is available. Fix: pass -device cpu"):
+        torch_device("cuda")
