@@ -344,7 +344,9 @@ def add_parser(sub) -> None:
                                             "report instead of the predicted ones")
     p.add_argument("--layer", type=int, default=-1, help="Transformer layer (default: the last)")
     p.add_argument("--min_lesion_voxels", type=int, default=10, help="smaller connected lesions are skipped")
-    p.add_argument("--save_maps", action="store_true", help="also save the per-phase maps (CASE_phase_attention.npz)")
+    p.add_argument("--save_maps", action="store_true", help="also save the per-phase maps: as images on the input "
+                   "image's grid (CASE_attention_<phase>.nii.gz, CASE_attention_lesions.nii.gz) and on the "
+                   "preprocessed grid (CASE_phase_attention.npz)")
     p.add_argument("--no_plot", action="store_true", help="no per-case bar plot")
     p.set_defaults(func=_attention, parser=p)
 

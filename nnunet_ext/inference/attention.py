@@ -22,8 +22,12 @@ on. This module turns them into one number per phase and lesion:
 
 Outputs in ``-o``: ``phase_attention.csv`` and ``phase_attention.json`` (one row per lesion; rows of cases not run
 again are kept, rows of another model, fold set, layer or phase list are refused), one bar plot per case
-(``CASE_phase_attention.png``) and, with ``--save_maps``, the per-phase maps on the preprocessed grid
-(``CASE_phase_attention.npz``: ``attention`` (N, *S) float16, ``lesions`` (int32 component ids), ``spacing``).
+(``CASE_phase_attention.png``) and, with ``--save_maps``, the per-phase maps twice: as images on the input image's
+voxel grid and geometry, to overlay on the CT in a viewer (``CASE_attention_<phase><ending>``, float32, and
+``CASE_attention_lesions<ending>``, the component ids of the table's ``lesion`` column; taken back through
+resampling, cropping and transpose as nnU-Net exports a prediction, 0 outside nnU-Net's crop), and on the
+preprocessed grid (``CASE_phase_attention.npz``: ``attention`` (N, *S) float16, ``lesions`` (int32 component ids),
+``spacing``).
 """
 
 from __future__ import annotations
@@ -149,6 +153,88 @@ def lesion_rows(case: str, attention: torch.Tensor, lesion: np.ndarray, phases: 
     return rows, kept
 
 
+def to_input_geometry(maps: np.ndarray, properties: dict, plans_manager, configuration_manager,
+                      is_seg: bool = False) -> np.ndarray:
+    """Maps on the preprocessed grid (C, *S) -> the voxel grid of the input image (C, *S_input, numpy order as the
+    image reader returns it), undoing preprocessing as nnU-Net exports a prediction
+    (``convert_predicted_logits_to_segmentation_with_correct_shape``): resample back to the spacing before
+    resampling (``resampling_fn_probabilities``, or ``resampling_fn_seg`` for label maps), put the crop back into an
+    image of the size before cropping (0 outside the crop: nnU-Net crops to the non-zero region of the input, so
+    there is no image there), undo the transpose."""
+    from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+    transpose = plans_manager.transpose_forward
+    before = properties["shape_after_cropping_and_before_resampling"]
+    original_spacing = [properties["spacing"][i] for i in transpose]
+    spacing = list(configuration_manager.spacing)
+    if len(spacing) < len(before):  # 2d configurations keep the slice spacing
+        spacing = [original_spacing[0], *spacing]
+    resample = configuration_manager.resampling_fn_seg if is_seg else configuration_manager.resampling_fn_probabilities
+    resampled = np.asarray(resample(np.asarray(maps), before, spacing, original_spacing))
+    full = np.zeros((resampled.shape[0], *properties["shape_before_cropping"]), dtype=resampled.dtype)
+    for channel, crop in zip(full, resampled):
+        insert_crop_into_image(channel, crop, properties["bbox_used_for_cropping"])
+    return full.transpose([0, *[i + 1 for i in plans_manager.transpose_backward]])
+
+
+def check_map_writer(reader_writer) -> None:
+    """``--save_maps`` writes float images in the input geometry with SimpleITK or nibabel; other readers (TIFF,
+    natural 2D images) carry no geometry to write them in."""
+    from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReorient
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    if not issubclass(reader_writer, (SimpleITKIO, NibabelIO, NibabelIOWithReorient)):
+        raise AttentionError(f"--save_maps writes the attention maps as images in the input geometry, which needs "
+                             f"SimpleITK- or nibabel-readable images; this model reads its images with "
+                             f"{reader_writer.__name__}. Fix: leave --save_maps out (the per-lesion tables and plots "
+                             f"are written either way).")
+
+
+def write_float_image(array: np.ndarray, path: str, properties: dict) -> None:
+    """A float32 image (*S_input, numpy order as the reader returned it) with the geometry of the input image the
+    ``properties`` were read from, as nnU-Net's ``write_seg`` of the same reader would place a segmentation (which
+    casts to integers, so it cannot write these maps)."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if "sitk_stuff" in properties:
+        import SimpleITK as sitk
+
+        geometry = properties["sitk_stuff"]
+        image = sitk.GetImageFromArray(array[0] if len(geometry["spacing"]) == 2 else array)
+        image.SetSpacing(geometry["spacing"])
+        image.SetOrigin(geometry["origin"])
+        image.SetDirection(geometry["direction"])
+        if "original_orientation" in geometry:  # SimpleITKIOWithReorient read it reoriented to RAS
+            image = sitk.DICOMOrient(image, geometry["original_orientation"])
+        sitk.WriteImage(image, path, True)
+        return
+    import nibabel
+
+    geometry = properties["nibabel_stuff"]
+    if "reoriented_affine" not in geometry:  # NibabelIO
+        nibabel.save(nibabel.Nifti1Image(array.transpose((2, 1, 0)), geometry["original_affine"]), path)
+        return
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    image = nibabel.Nifti1Image(array.transpose((2, 1, 0)), geometry["reoriented_affine"])
+    back = ornt_transform(axcodes2ornt("RAS"), io_orientation(geometry["original_affine"]))
+    nibabel.save(image.as_reoriented(back), path)
+
+
+def save_maps_in_input_geometry(output_folder: str, case: str, attention: torch.Tensor, components: np.ndarray,
+                                phases: list[str], properties: dict, predictor, ending: str) -> None:
+    """``CASE_attention_<phase><ending>`` (float32, one per phase) and ``CASE_attention_lesions<ending>`` (the
+    component ids of the table's ``lesion`` column), on the input image's voxel grid and geometry."""
+    from nnunet_ext.evaluation.benchmark import safe_name
+
+    pm, cm = predictor.plans_manager, predictor.configuration_manager
+    maps = to_input_geometry(attention.numpy(), properties, pm, cm)
+    for phase, m in zip(phases, maps):
+        write_float_image(m, os.path.join(output_folder, f"{case}_attention_{safe_name(phase)}{ending}"), properties)
+    lesions = to_input_geometry(components[None].astype(np.int32), properties, pm, cm, is_seg=True)[0]
+    pm.image_reader_writer_class().write_seg(lesions, os.path.join(output_folder, f"{case}_attention_lesions{ending}"),
+                                             properties)
+
+
 def plot_case(path: str, case: str, rows: list[dict], phases: list[str], layer: int) -> None:
     """Grouped bars: one group per lesion, one bar per phase (and the CLS remainder)."""
     import matplotlib
@@ -263,6 +349,8 @@ def phase_attention(input_folder: str, output_folder: str, model_folder: str, fo
             "layer": layer_index, "phases": phases, "lesion_source": "reference" if refs else "prediction",
             "min_lesion_voxels": min_lesion_voxels}
     kept_rows = earlier_rows(output_folder, meta, set(cases))
+    if save_maps:
+        check_map_writer(predictor.plans_manager.image_reader_writer_class)
     os.makedirs(output_folder, exist_ok=True)
     files = {c: [os.path.join(input_folder, f"{c}_{i:04d}{ending}") for i in range(len(dataset_json["channel_names"]))]
              for c in cases}
@@ -291,6 +379,7 @@ def phase_attention(input_folder: str, output_folder: str, model_folder: str, fo
         elif plot:
             plot_case(os.path.join(output_folder, f"{case}_phase_attention.png"), case, rows, phases, layer_index)
         if save_maps:
+            save_maps_in_input_geometry(output_folder, case, attention, components, phases, props, predictor, ending)
             np.savez_compressed(os.path.join(output_folder, f"{case}_phase_attention.npz"),
                                 attention=attention.numpy().astype(np.float16), lesions=components,
                                 spacing=np.asarray(spacing), phases=np.asarray(phases))

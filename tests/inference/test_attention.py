@@ -185,3 +185,99 @@ def test_predicted_lesions_use_the_lesion_labels_or_any_region():
     region_logits = torch.full((2, 1, 2, 2), -5.0)
     region_logits[1, 0, 0, 1] = 5
     assert lesion_mask_from_logits(regions, region_logits)[0].tolist() == [[False, True], [False, False]]
+
+
+# ---------------------------------------------------------------------------------------------- maps as images
+def _input_image(path, array, spacing=(0.8, 0.9, 2.5), origin=(10.0, -5.0, 3.0),
+                 direction=(0, 1, 0, -1, 0, 0, 0, 0, 1)):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array.astype(np.float32))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+    return image
+
+
+def _plans(transpose=(0, 2, 1), spacing=(2.0, 1.2, 1.0), reader="SimpleITKIO"):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    resampling = {"resampling_fn_data": "resample_data_or_seg_to_shape",
+                  "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+                  "resampling_fn_seg": "resample_data_or_seg_to_shape",
+                  "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+                  "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                  "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                         "force_separate_z": None}}
+    backward = [int(i) for i in np.argsort(transpose)]
+    plans = {"dataset_name": "x", "plans_name": "p", "transpose_forward": list(transpose),
+             "transpose_backward": backward, "image_reader_writer": reader,
+             "foreground_intensity_properties_per_channel": {"0": {}},
+             "configurations": {"3d_fullres": {
+                 "data_identifier": "p_3d", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+                 "patch_size": [8, 8, 8], "median_image_size_in_voxels": [8, 8, 8], "spacing": list(spacing),
+                 "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
+                 "architecture": {"network_class_name": "unused", "arch_kwargs": {}, "_kw_requires_import": []},
+                 **resampling}}}
+    pm = PlansManager(plans)
+    return pm, pm.get_configuration("3d_fullres")
+
+
+def test_maps_go_back_to_the_input_images_grid(tmp_path):
+    """The preprocessed image itself, taken back, is the input image (up to the z-score) on the input's voxel grid:
+    the input has a zero border (cropped), another spacing (resampled) and the plans transpose two axes."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    from nnunet_ext.inference.attention import to_input_geometry
+
+    z, y, x = np.meshgrid(np.arange(12), np.arange(20), np.arange(16), indexing="ij")
+    array = np.zeros((12, 20, 16))
+    inner = (slice(2, 10), slice(3, 18), slice(1, 15))
+    array[inner] = (100 + 3 * z + 2 * y - x)[inner]
+    _input_image(tmp_path / "c_0000.nii.gz", array)
+    pm, cm = _plans()
+    data, _, props = DefaultPreprocessor(verbose=False).run_case([str(tmp_path / "c_0000.nii.gz")], None, pm, cm, {})
+    assert data.shape[1:] != array.shape  # transposed, cropped and resampled
+    back = to_input_geometry(data, props, pm, cm)
+    assert back.shape == (1, *array.shape)
+    outside = np.ones(array.shape, dtype=bool)
+    outside[inner] = False
+    assert (back[0][outside] == 0).all()
+    assert np.corrcoef(back[0][inner].ravel(), array[inner].ravel())[0, 1] > 0.99
+    labels = np.zeros((1, *data.shape[1:]), dtype=np.int32)
+    labels[0, 1:3, 2:5, 2:6] = 7
+    lab_back = to_input_geometry(labels, props, pm, cm, is_seg=True)[0]
+    assert set(np.unique(lab_back)) == {0, 7} and (lab_back[outside] == 0).all()
+
+
+@pytest.mark.parametrize("reader", ["SimpleITKIO", "SimpleITKIOWithReorient", "NibabelIO", "NibabelIOWithReorient"])
+def test_float_maps_are_written_in_the_input_images_geometry(tmp_path, reader):
+    """What a reader read, written back by write_float_image with that reader's properties, is the input file: same
+    voxels, spacing, origin and direction (a non-trivial direction, so that the reorienting readers reorient)."""
+    import SimpleITK as sitk
+    from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
+
+    from nnunet_ext.inference.attention import write_float_image
+
+    array = np.random.default_rng(0).random((6, 7, 8)).astype(np.float32)
+    original = _input_image(tmp_path / "in.nii.gz", array)
+    data, props = recursive_find_reader_writer_by_name(reader)().read_images([str(tmp_path / "in.nii.gz")])
+    write_float_image(data[0], str(tmp_path / "out.nii.gz"), props)
+    out = sitk.ReadImage(str(tmp_path / "out.nii.gz"))
+    assert out.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_allclose(sitk.GetArrayFromImage(out), array)
+    np.testing.assert_allclose(out.GetSpacing(), original.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(out.GetOrigin(), original.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(out.GetDirection(), original.GetDirection(), atol=1e-5)
+
+
+def test_save_maps_refuses_readers_without_geometry():
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunet_ext.inference.attention import check_map_writer
+
+    check_map_writer(SimpleITKIO)
+    with pytest.raises(AttentionError, match="reads its images with NaturalImage2DIO. Fix: leave --save_maps out"):
+        check_map_writer(NaturalImage2DIO)

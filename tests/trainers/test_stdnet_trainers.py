@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 DATASET = 990
@@ -294,6 +295,22 @@ def _attention_and_check(dataset, inp: Path, out: Path) -> None:
     assert (out / "case_000_phase_attention.png").stat().st_size > 0
     maps = np.load(out / "case_000_phase_attention.npz")
     assert maps["attention"].shape[0] == len(stored["phases"]) and maps["lesions"].max() >= 1
+    # the same maps as images on the input image's grid and geometry, with the table's lesion ids
+    image = sitk.ReadImage(str(inp / "case_000_0000.nii.gz"))
+    lesions = sitk.ReadImage(str(out / "case_000_attention_lesions.nii.gz"))
+    ids = sitk.GetArrayFromImage(lesions)
+    case_rows = [r for r in rows if r["case"] == "case_000"]
+    assert set(np.unique(ids)) - {0} == {r["lesion"] for r in case_rows}
+    for phase in stored["phases"]:
+        phase_map = sitk.ReadImage(str(out / f"case_000_attention_{phase}.nii.gz"))
+        for other in (phase_map, lesions):
+            assert other.GetSize() == image.GetSize()
+            np.testing.assert_allclose(other.GetSpacing(), image.GetSpacing(), atol=1e-5)
+            np.testing.assert_allclose(other.GetOrigin(), image.GetOrigin(), atol=1e-4)
+        values = sitk.GetArrayFromImage(phase_map)
+        assert values.min() >= 0 and values.max() <= 1
+        for r in case_rows:
+            assert abs(values[ids == r["lesion"]].mean() - r[f"attention_{phase}"]) < 0.02
     assert main([*common, "-o", str(out / "predicted")]) == 0  # lesions from the model's own prediction
     assert json.loads((out / "predicted" / "phase_attention.json").read_text(encoding="utf-8"))[
         "lesion_source"] == "prediction"
