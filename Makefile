@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[text,dicom,test]'
 	touch $(STAMP)
 
+# two pytest-xdist workers on the 2-core machine, one test file per work unit, the longest files first
+# (tests/conftest.py: LONGEST_FILES); PYTEST_WORKERS=0 runs the suite in one process
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 demo: $(STAMP)
 	$(PY) -m nnunet_ext.cli demo
