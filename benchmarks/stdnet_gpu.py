@@ -167,7 +167,7 @@ def make_train_step(model, params, loss_fn, amp_dtype, device, use_heads: bool, 
         with torch.autocast(device.type, dtype=amp_dtype):
             if use_heads:
                 out = model(x, return_heads=True)
-                loss = loss_fn(out["seg"], targets) + nn.functional.cross_entropy(out["cls"].float(), cls_target)
+                loss = loss_fn(out.seg, targets) + nn.functional.cross_entropy(out.cls.float(), cls_target)
             else:
                 loss = loss_fn(model(x), targets)
         scaler.scale(loss).backward()
@@ -188,7 +188,7 @@ def train_flops(net, x, targets, cls_target, loss_fn, amp_dtype, device, use_hea
     with counter, torch.autocast(device.type, dtype=amp_dtype):
         if use_heads:
             out = net(x, return_heads=True)
-            loss = loss_fn(out["seg"], targets) + nn.functional.cross_entropy(out["cls"].float(), cls_target)
+            loss = loss_fn(out.seg, targets) + nn.functional.cross_entropy(out.cls.float(), cls_target)
         else:
             loss = loss_fn(net(x), targets)
         loss.backward()

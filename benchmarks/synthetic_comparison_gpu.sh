@@ -6,7 +6,9 @@
 #   bash benchmarks/synthetic_comparison_gpu.sh WORKSPACE [COPY_TO] [EXTRA ARGUMENTS]
 # EXTRA ARGUMENTS go to examples/synthetic_comparison.py (e.g. --controls --jobs 8 adds the prediction-pooling and all-SGD STD-Net controls;
 # --methods nnUNetTrainer STDNetTrainer STDNetTrainer_predictionPool --jobs 3 trains only those; the diagnostics
-# STDNetTrainer_fp32Temporal, STDNetTrainer_shallowTemporal and STDNetTrainer_headLR1e4 are trained only when named there).
+# STDNetTrainer_shallowTemporal and STDNetTrainer_headLR1e4 are trained only when named there).
+# The controls and diagnostics live in benchmarks/trainers/head_diagnostics.py, not in the package: this script adds
+# that folder to nnUNet_extTrainer (the package's own trainer folder is added by the training code).
 # More than one device call (each at most 10 min): run with COMPARISON_TIMEOUT=540 and the workspace under /tmp, then
 # repeat the same command at once (the machine stays warm ~30 s): finished folds are skipped, interrupted ones resume
 # from their last epoch (--c).
@@ -18,6 +20,7 @@ work=${1:-runs/synthetic_gpu}
 copy_to=${2:-}
 shift $(( $# < 2 ? $# : 2 ))
 export nnUNet_compile=${nnUNet_compile:-f}   # same eager set-up for every method (six compilations would cost minutes)
+export nnUNet_extTrainer="${nnUNet_extTrainer:+$nnUNet_extTrainer:}$(pwd)/benchmarks/trainers"   # the head diagnostics
 snapshot() {
   [ -n "$copy_to" ] || return 0
   mkdir -p "$copy_to"

@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import SimpleITK as sitk
 
-    from nnunet_ext.evaluation.segmentation import dice
     from nnunet_ext.inference.predict import predict
+    from nnunet_ext.metrics.segmentation import dice
 
     if args.images:
         images = sorted(Path(args.images).glob("*.nii.gz"))

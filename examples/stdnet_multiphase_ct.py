@@ -5,7 +5,7 @@ nnU-Net (5-fold) -> inference -> benchmark against nnU-Net.
         --classes HCC ICC benign -o runs/lihc --folds 0 1 2 3 4 [--schedule 250epochs] [--test-images imagesTs/]
     python examples/stdnet_multiphase_ct.py --smoke     # CI: synthetic study exported as DICOM, a few iterations
 
-The manifest lists ``case, phase, series[, mask, label]`` (see README, "Converting datasets"): every phase is rigidly
+The manifest lists ``case, phase, series[, mask, label]`` (see docs/conversion.md): every phase is rigidly
 registered to the portal venous phase (SimpleITK, Euler 3D, Mattes MI) and resampled onto its grid; masks live on the
 reference grid. In ``--smoke`` mode a small synthetic multiphase study with known inter-phase motion is written as a
 TCGA-like DICOM tree first, so the registration, planning, training, prediction and benchmark all run for real.

@@ -11,10 +11,10 @@ Methods (trainer, plans): nnUNetTrainer (vanilla nnU-Net, segmentation only; the
 STDNetTrainer_ConvGRU; with ``--controls`` also STDNetTrainer_predictionPool (the head pools with the predicted
 lesion in training steps too, instead of the ground truth: the pooling control) and STDNetTrainer_nnUNetSGD (every
 parameter with nnU-Net's SGD instead of AdamW for the temporal modeler and head: the optimizer control). Only with
-``--methods``: the diagnostics STDNetTrainer_fp32Temporal, STDNetTrainer_shallowTemporal, STDNetTrainer_headLR1e4 and
-STDNetTrainer_headInputNorm (one suspect each for STD-Net's head that stays at the class prior, see
-``nnunet_ext/trainers/stdnet.py``). STD-Net uses ``STDNetPlans`` on a GPU (paper-size temporal modeler) and
-``STDNetPlansCPU`` (reduced temporal modeler) on a CPU. The benchmark report (``nnunet-ext benchmark`` with
+``--methods``: the diagnostics STDNetTrainer_shallowTemporal and STDNetTrainer_headLR1e4. Controls and diagnostics
+are not part of the package: they live in ``benchmarks/trainers/head_diagnostics.py``, which this script adds to
+``nnUNet_extTrainer`` when one of them is trained. STD-Net uses ``STDNetPlans`` on a GPU (paper-size temporal
+modeler) and ``STDNetPlansCPU`` (reduced temporal modeler) on a CPU. The benchmark report (``nnunet-ext benchmark`` with
 STDNetTrainer as the full model of the ablation chart) is written to ``<output>/report``.
 
 The STD-Net paper's ablation ordering (without temporal modeler worst) is the hypothesis, not the expected answer.
@@ -43,9 +43,10 @@ STD_VARIANTS = ("STDNetTrainer", "STDNetTrainer_noTemporal", "STDNetTrainer_noWe
 CONTROLS = ("STDNetTrainer_predictionPool", "STDNetTrainer_nnUNetSGD")
 
 
-# one suspect each for the Transformer head that stays at the class prior (nnunet_ext.trainers.stdnet docstring)
-DIAGNOSTICS = ("STDNetTrainer_fp32Temporal", "STDNetTrainer_shallowTemporal", "STDNetTrainer_headLR1e4",
-               "STDNetTrainer_headInputNorm")
+# one suspect each for the Transformer head that stays at the class prior (benchmarks/trainers/head_diagnostics.py)
+DIAGNOSTICS = ("STDNetTrainer_shallowTemporal", "STDNetTrainer_headLR1e4")
+DIAGNOSTIC_TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                                         "trainers")
 
 
 ALL_METHODS = ("nnUNetTrainer", "EarlyFusionTrainer") + STD_VARIANTS + CONTROLS + DIAGNOSTICS
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> dict:
                                 name=name.split("_", 1)[1], progress=False)
     stdnet_plans = plan_vanilla_and_stdnet(DATASET_ID, device, os.path.join(logs, "plan.log"))
     todo = methods(args.schedule, stdnet_plans, args.controls, args.methods)
+    if any(t.rsplit("_", 1)[0] in CONTROLS + DIAGNOSTICS for t, _ in todo):
+        current = os.environ.get("nnUNet_extTrainer", "")
+        if DIAGNOSTIC_TRAINER_FOLDER not in current.split(os.pathsep):
+            os.environ["nnUNet_extTrainer"] = os.pathsep.join(p for p in (current, DIAGNOSTIC_TRAINER_FOLDER) if p)
     stage(f"train {len(todo)} methods x folds {args.folds} ({device}, schedule {args.schedule})")
     train_methods(name, todo, args.folds, device, logs, jobs=args.jobs)
     stage("benchmark")

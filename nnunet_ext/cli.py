@@ -127,7 +127,7 @@ def _find_trainer(name: str) -> type:
 
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from nnunet_ext.trainers.run import ensure_trainer_path
+    from nnunet_ext.paths import ensure_trainer_path
 
     ensure_trainer_path()
     try:
@@ -143,7 +143,7 @@ def _find_trainer(name: str) -> type:
 
 
 def _trainer_path(args) -> None:
-    from nnunet_ext.trainers import trainer_discovery_path
+    from nnunet_ext.paths import trainer_discovery_path
 
     print(trainer_discovery_path())
 
@@ -175,7 +175,8 @@ def _plan(args) -> None:
 
     for d in args.d:
         ident = plan_and_preprocess(d, args.pl, tuple(args.c), args.np, args.verify_dataset_integrity,
-                                    args.gpu_memory_target, args.overwrite_plans_name, args.clean, args.verbose)
+                                    args.gpu_memory_target, args.overwrite_plans_name, args.clean, args.verbose,
+                                    text_encoder=args.text_encoder, text_max_tokens=args.text_max_tokens)
         print(f"Dataset {d}: plans {ident}")
 
 
@@ -258,7 +259,8 @@ def _predict(args) -> None:
 
     model, folds = _model_and_folds(args)
     predict(args.i, args.o, model, folds, args.chk, args.step_size, args.disable_tta, args.device, args.npp,
-            args.nps, args.save_probabilities, args.verbose)
+            args.nps, args.save_probabilities, args.verbose, texts=args.texts, tabular=args.tabular,
+            allow_missing_text=args.allow_missing_text)
     print(f"Predictions written to {args.o}")
 
 
@@ -313,6 +315,11 @@ def add_parser(sub) -> None:
     p.add_argument("-overwrite_plans_name", default=None)
     p.add_argument("--verify_dataset_integrity", action="store_true")
     p.add_argument("--clean", action="store_true", help="recompute the fingerprint and all preprocessed data")
+    p.add_argument("--text-encoder", dest="text_encoder", default=None,
+                   help="frozen text encoder for the cases' texts: all-MiniLM-L6-v2 (default, offline) or a local "
+                        "Hugging Face BERT-style model folder")
+    p.add_argument("--text-max-tokens", dest="text_max_tokens", type=int, default=64,
+                   help="tokens per text (longer texts are truncated)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_plan)
 
@@ -334,6 +341,14 @@ def add_parser(sub) -> None:
     p.add_argument("-npp", type=int, default=2, help="preprocessing processes")
     p.add_argument("-nps", type=int, default=2, help="export processes")
     p.add_argument("--save_probabilities", action="store_true")
+    p.add_argument("--texts", default=None, help="per-case texts for models that consume them: CSV case_id,text or "
+                                                 "JSON {case_id: text}")
+    p.add_argument("--tabular", default=None, help="per-case tabular features for models that consume them: CSV "
+                                                   "with case_id and one column per feature, or JSON {case_id: "
+                                                   "[values]}")
+    p.add_argument("--allow-missing-text", dest="allow_missing_text", action="store_true",
+                   help="predict cases without text with the network's learned 'no text' embedding (only for "
+                        "networks that declare one)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_predict, parser=p)
 

@@ -145,7 +145,7 @@ def heldout_scores(test_folder: str, predictions: dict[str, str]) -> dict[str, d
     import SimpleITK as sitk
 
     from nnunet_ext.data.metadata import validate_raw_dataset
-    from nnunet_ext.evaluation.segmentation import dice
+    from nnunet_ext.metrics.segmentation import dice
 
     md = validate_raw_dataset(test_folder)
     out = {}

@@ -12,7 +12,7 @@ import warnings
 def use_workspace(root: str, overwrite_env: bool = True) -> dict[str, str]:
     """Point ``nnUNet_raw/preprocessed/results`` at ``root/nnUNet_*`` (created) and put nnunet-ext's trainers on
     nnU-Net's search path. With ``overwrite_env=False`` variables the user already exported are kept."""
-    from nnunet_ext.trainers.run import ensure_trainer_path
+    from nnunet_ext.paths import ensure_trainer_path
 
     root = os.path.abspath(root)
     env = {}

@@ -1,4 +1,4 @@
-"""Shared fixtures. nnU-Net reads its folders from environment variables at call time, so one session-wide set of
+"""Shared fixtures. nnU-Net reads its folders from environment variables at call time, so one set of
 folders serves every test; each test module uses its own dataset ids (see ``DATASET_IDS``)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ DATASET_IDS = {"foundation": range(900, 920), "conversion": range(920, 950), "sy
 # (with two threads per worker the order made no measurable difference: 746 s against 748 s; not measured apart
 # from the one-thread change).
 LONGEST_FILES = ("test_stock_roundtrip.py", "examples/test_examples.py", "trainers/test_stdnet_trainers.py",
-                 "trainers/test_seeding.py", "benchmarks/test_head_optimizer_diagnostic.py", "trainers/test_ddp.py",
+                 "trainers/test_seeding.py", "trainers/test_ddp.py",
                  "evaluation/test_cli_end_to_end.py", "planners/test_stdnet_planner.py")
 
 # under pytest-xdist each of the two workers gets one core: one torch thread in the worker and in its subprocesses
@@ -120,8 +120,8 @@ def real_data() -> Path:
 
 @pytest.fixture(scope="session")
 def nnunet_dirs(tmp_path_factory):
-    """Session-wide nnUNet_raw / nnUNet_preprocessed / nnUNet_results and CPU-friendly nnU-Net settings."""
-    from nnunet_ext.trainers import trainer_discovery_path
+    """One nnUNet_raw / nnUNet_preprocessed / nnUNet_results and CPU-friendly nnU-Net settings for the test run."""
+    from nnunet_ext.paths import trainer_discovery_path
 
     root = tmp_path_factory.mktemp("nnunet")
     env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),

@@ -100,12 +100,12 @@ def test_train_refuses_what_nnunet_would_fail_on_after_creating_the_results_fold
            "define 2d, 3d_fullres" in capsys.readouterr().err
     assert main(["train", d, "3d_fullres", "0", "-p", "FooPlans", "-device", "cpu"]) == 2
     assert "has no plans 'FooPlans'" in capsys.readouterr().err
-    assert main(["train", d, "3d_fullres", "0", "-tr", "EarlyFusionTrainer_5epoch", "-device", "cpu"]) == 2
+    assert main(["train", d, "3d_fullres", "0", "-tr", "EarlyFusionTrainer_cpu24", "-device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "trainer 'EarlyFusionTrainer_5epoch' was not found" in err
-    assert "Did you mean EarlyFusionTrainer_5epochs" in err
+    assert "trainer 'EarlyFusionTrainer_cpu24' was not found" in err
+    assert "Did you mean EarlyFusionTrainer_cpu240" in err
     assert "`nnunet-ext trainers` lists them" in err and "Traceback" not in err
-    assert not (results / "EarlyFusionTrainer_5epoch__nnUNetPlans__3d_fullres").exists()
+    assert not (results / "EarlyFusionTrainer_cpu24__nnUNetPlans__3d_fullres").exists()
     assert main(["trainers"]) == 0
     out = capsys.readouterr().out
     assert "\n  EarlyFusionTrainer\n" in out and "\n  nnUNetTrainer\n" in out

@@ -1,6 +1,6 @@
 """One real round trip through the stock nnU-Net console scripts (subprocesses, not imports): plan and preprocess,
-train a few iterations with our baseline trainer, predict with `nnunet-ext predict` and with `nnUNetv2_predict`;
-and a training killed mid-run that resumes with `--c`."""
+train a few iterations with the early-fusion baseline whose head consumes the tabular features, predict with
+`nnunet-ext predict --tabular` and with `nnUNetv2_predict`; and a training killed mid-run that resumes with `--c`."""
 
 from __future__ import annotations
 
@@ -42,21 +42,31 @@ def stock_env(nnunet_dirs):
     # stock planning runs nnU-Net's VRAM estimate with torch.set_num_threads(nnUNet_n_proc_DA): needs >= 1
     run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET), "-c", "3d_fullres", "-np", "1",
          "--verify_dataset_integrity"], {**env, "nnUNet_n_proc_DA": "1"})
-    return {"env": env, "raw": Path(raw), "ts": ts, "results": nnunet_dirs["nnUNet_results"]}
+    metadata = json.loads((Path(raw) / "dataset.json").read_text(encoding="utf-8"))["nnunet_ext"]
+    tabular = Path(raw) / "tabular_ts.csv"
+    names = metadata["tabular"]["feature_names"]
+    tabular.write_text("case_id," + ",".join(reversed(names)) + "\n" + "".join(  # columns by name, any order
+        f"{c}," + ",".join(str(v) for v in reversed(metadata["cases"][c]["tabular"])) + "\n"
+        for c in ("case_000", "case_001")), encoding="utf-8")
+    return {"env": env, "raw": Path(raw), "ts": ts, "results": nnunet_dirs["nnUNet_results"], "tabular": tabular}
 
 
 def test_stock_train_and_predict(stock_env, tmp_path):
     env = stock_env["env"]
-    run([str(BIN / "nnUNetv2_train"), str(DATASET), "3d_fullres", "0", "-tr", "EarlyFusionTrainer_smoke",
-         "-device", "cpu"], env)
-    model = next(stock_env["results"].glob(f"Dataset{DATASET}_*")) / "EarlyFusionTrainer_smoke__nnUNetPlans__3d_fullres"
+    trainer = "EarlyFusionTrainer_tabular_smoke"
+    run([str(BIN / "nnUNetv2_train"), str(DATASET), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env)
+    model = next(stock_env["results"].glob(f"Dataset{DATASET}_*")) / f"{trainer}__nnUNetPlans__3d_fullres"
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     assert (model / "fold_0" / "validation" / "summary_classification.json").is_file()
+    stats = json.loads((model / "fold_0" / "tabular_statistics.json").read_text(encoding="utf-8"))
+    assert stats["features"] == ["age", "marker"] and stats["n_training_cases"] in (4, 5)
 
     out = tmp_path / "ext"
-    run([str(BIN / "nnunet-ext"), "predict", "-i", str(stock_env["ts"]), "-o", str(out), "-d", str(DATASET),
-         "-c", "3d_fullres", "-tr", "EarlyFusionTrainer_smoke", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"],
-        env)
+    predict = [str(BIN / "nnunet-ext"), "predict", "-i", str(stock_env["ts"]), "-o", str(out), "-d", str(DATASET),
+               "-c", "3d_fullres", "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"]
+    refused = subprocess.run(predict, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert refused.returncode == 2 and "--tabular FILE" in refused.stderr and not out.exists()
+    run(predict + ["--tabular", str(stock_env["tabular"])], env)
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_000.nii.gz", "case_001.nii.gz"]
     # predicting one more time, one case only, into the same folder keeps the other case's row
     only_one = tmp_path / "only_case_001"
@@ -65,8 +75,8 @@ def test_stock_train_and_predict(stock_env, tmp_path):
         shutil.copy(f, only_one / f.name)
     first = (out / "classification.csv").read_text(encoding="utf-8")
     run([str(BIN / "nnunet-ext"), "predict", "-i", str(only_one), "-o", str(out), "-d", str(DATASET),
-         "-c", "3d_fullres", "-tr", "EarlyFusionTrainer_smoke", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"],
-        env)
+         "-c", "3d_fullres", "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
+         "--tabular", str(stock_env["tabular"])], env)
     assert (out / "classification.csv").read_text(encoding="utf-8") == first  # same model, same rows
     rows = (out / "classification.csv").read_text(encoding="utf-8").strip().splitlines()
     assert rows[0] == "case_id,predicted_class,prob_washout,prob_progressive,prob_nonenhancing"
@@ -78,7 +88,7 @@ def test_stock_train_and_predict(stock_env, tmp_path):
 
     stock = tmp_path / "stock"
     run([str(BIN / "nnUNetv2_predict"), "-i", str(stock_env["ts"]), "-o", str(stock), "-d", str(DATASET),
-         "-c", "3d_fullres", "-tr", "EarlyFusionTrainer_smoke", "-f", "0", "-device", "cpu", "--disable_tta",
+         "-c", "3d_fullres", "-tr", trainer, "-f", "0", "-device", "cpu", "--disable_tta",
          "-npp", "1", "-nps", "1"], env)
     assert sorted(p.name for p in stock.glob("*.nii.gz")) == ["case_000.nii.gz", "case_001.nii.gz"]
     import SimpleITK as sitk
@@ -115,7 +125,7 @@ def test_killed_training_resumes_with_c(stock_env):
     logs = final["logging"]
     assert len(logs["train_losses"]) == 3 and len(logs["cls_val_auc"]) == 3
     # resumed, not restarted: the epochs before the kill keep their logged values (an unseeded restart redraws them)
-    for key in ("train_losses", "cls_train_losses"):
+    for key in ("train_losses", "loss_cls_train"):
         assert logs[key][:epoch_at_kill] == killed["logging"][key][:epoch_at_kill]
     resumed_log = "".join(f.read_text(encoding="utf-8") for f in set(fold.glob("training_log_*.txt")) - before)
     assert f"Epoch {epoch_at_kill}" in resumed_log and "Epoch 0" not in resumed_log

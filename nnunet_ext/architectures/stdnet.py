@@ -49,7 +49,6 @@ grouped-conv encoder would need re-implementing every block and norm).
 
 from __future__ import annotations
 
-import contextlib
 from functools import partial
 
 import numpy as np
@@ -63,7 +62,8 @@ from torch import nn
 from nnunet_ext.architectures.blocks.conv_gru import ConvGRU, ConvGRUCell
 from nnunet_ext.architectures.blocks.heads import ClassificationHead, lesion_weighted_pool
 from nnunet_ext.architectures.blocks.phase_fusion import PhaseWeighting, ReferencePhaseAttention
-from nnunet_ext.architectures.blocks.temporal_transformer import TemporalTransformer, autocast_off
+from nnunet_ext.architectures.blocks.temporal_transformer import TemporalTransformer
+from nnunet_ext.architectures.contract import ContractNetwork, HeadsOutput, register_architecture
 
 TEMPORAL_KINDS = ("transformer", "mean", "convgru")
 SKIP_FUSIONS = {"none": None, "weights": PhaseWeighting, "attention": ReferencePhaseAttention}
@@ -73,9 +73,12 @@ ENCODERS = ("plain", "residual")
 # recurrent activations are counted as real elements and divided by this, so that every term of
 # STDNet.compute_conv_feature_map_size is in the unit nnU-Net's planner reference values are calibrated in.
 ELEMENTS_PER_UNIT = 2.5
+STDNET_CLASS_NAME = "nnunet_ext.architectures.stdnet.STDNet"
+# temporal settings used when the plans are not STD-Net plans (the paper's defaults)
+PAPER_TEMPORAL_SETTINGS = {"temporal": "transformer", "temporal_depth": 6, "temporal_heads": 8, "temporal_dim": 768}
 
 
-class STDNet(nn.Module):
+class STDNet(ContractNetwork):
     """STD-Net (see module docstring). Constructor follows nnU-Net: ``STDNet(input_channels, num_classes,
     **plans_arch_kwargs, deep_supervision=...)``; every argument is JSON-serialisable (ops as dotted names in plans).
 
@@ -93,27 +96,23 @@ class STDNet(nn.Module):
         temporal: "transformer" | "mean" | "convgru" (see module docstring).
         temporal_depth, temporal_heads, temporal_dim, temporal_mlp_ratio, temporal_dropout, temporal_norm_first:
             transformer hyper-parameters (paper: 6, 8, 768, 4).
-        temporal_fp32: run the Transformer and its output projection in float32 also under fp16/bf16 autocast
-            (default False: its linear layers follow autocast; LayerNorm, softmax and the residual stream are float32
-            either way). A diagnostic switch for precision questions (``STDNetTrainer_fp32Temporal``); it costs the
-            Transformer's share of the step (well under 1% of the FLOPs at the paper's sizes) in fp32/TF32 speed.
         skip_fusion: "none" | "weights" | "attention".
         share_weights: one encoder for all phases (paper) or one per phase (ablation).
         convgru_hidden: ConvGRU hidden width (None: bottleneck width).
-        cls_hidden, cls_dropout, num_tabular: characterisation head (paper: 512, 0.3, no tabular input).
+        cls_hidden, cls_dropout: characterisation head (paper: 512, 0.3). STD-Net consumes no case inputs (the paper
+            uses none); tabular features go to the early-fusion baseline.
         cls_activation: the head MLP's non-linearity, "leaky_relu" (default), "relu" or "gelu" (see
             :class:`~nnunet_ext.architectures.blocks.heads.ClassificationHead`).
-        cls_input_norm: "none" (paper) or "running": standardise the pooled head features with running statistics
-            (:class:`~nnunet_ext.architectures.blocks.heads.RunningStandardize`; a diagnostic option).
         cls_pool_channels: segmentation channels of the lesion labels. The head's CLS tokens are then aggregated
             over bottleneck locations weighted by the predicted lesion probability
             (:func:`~nnunet_ext.architectures.blocks.heads.lesion_weighted_pool`); None: the mean over locations.
 
     ``forward(x)``: x (B, N*c, Z, Y, X) (or 2D) -> logits (B, num_classes, Z, Y, X), a list under deep supervision.
-    ``forward(x, return_heads=True[, return_attention=True][, tabular=(B, T)][, lesion_mask=(B, 1, *S)])`` -> dict
-    with ``seg``, ``cls`` (B, K) or None, ``aux_losses`` ({}) and with ``return_attention`` ``attention``: the last
-    temporal layer's weights (B, L_b, h, N+1, N+1) (L_b bottleneck locations in C order, token 0 = CLS, rows sum to 1;
-    None unless ``temporal="transformer"``). ``lesion_mask``: pool the head's CLS tokens with this (ground-truth)
+    ``forward(x, return_heads=True[, return_attention=True][, lesion_mask=(B, 1, *S)])`` ->
+    :class:`~nnunet_ext.architectures.contract.HeadsOutput` with ``seg``, ``cls`` (B, K) or None, no auxiliary
+    losses and, with ``return_attention``, ``extras["attention"]``: the last temporal layer's weights
+    (B, L_b, h, N+1, N+1) (L_b bottleneck locations in C order, token 0 = CLS, rows sum to 1; None unless
+    ``temporal="transformer"``). ``lesion_mask``: pool the head's CLS tokens with this (ground-truth)
     lesion mask instead of the predicted lesion probability (training, see
     :func:`~nnunet_ext.architectures.blocks.heads.lesion_weighted_pool`).
 
@@ -122,6 +121,28 @@ class STDNet(nn.Module):
     """
 
     auxiliary_modules = ("temporal", "temporal_out", "skip_fusion", "cls_head")
+
+    @classmethod
+    def from_plans(cls, network_class_name: str, arch_kwargs: dict, settings, input_channels: int, num_classes: int,
+                   deep_supervision: bool, **overrides) -> STDNet:
+        """STD-Net for a configuration of any nnU-Net plans: ``STDNetPlans*`` (``nnunet-ext plan-and-preprocess -pl
+        STDNetPlanner``) carry the temporal settings; the U-Net topology of vanilla or ResEnc plans gets the
+        paper's temporal defaults (:data:`PAPER_TEMPORAL_SETTINGS`). Phases, reference phase, classes and lesion
+        labels always come from ``settings`` (the dataset metadata)."""
+        from nnunet_ext.architectures.blocks.heads import lesion_pool_channels
+
+        kwargs = dict(arch_kwargs)
+        if network_class_name != STDNET_CLASS_NAME:
+            kwargs = {**kwargs, "encoder": "residual" if "n_blocks_per_stage" in kwargs else "plain",
+                      **PAPER_TEMPORAL_SETTINGS}
+        kwargs.update(num_phases=settings["num_phases"], reference_phase=settings["reference_phase_index"],
+                      num_cls_classes=settings["num_cls_classes"], cls_activation=settings["cls_activation"],
+                      cls_pool_channels=lesion_pool_channels(settings["lesion_labels"], num_classes),
+                      deep_supervision=deep_supervision)
+        kwargs.update(overrides)
+        net = cls(input_channels, num_classes, **kwargs)
+        net.apply(net.initialize)
+        return net
 
     def __init__(self, input_channels: int, num_classes: int, n_stages: int, features_per_stage, conv_op,
                  kernel_sizes, strides, n_conv_per_stage=2, n_conv_per_stage_decoder=2, conv_bias: bool = False,
@@ -133,8 +154,8 @@ class STDNet(nn.Module):
                  temporal_dim: int = 768, temporal_mlp_ratio: float = 4.0, temporal_dropout: float = 0.0,
                  temporal_norm_first: bool = True, skip_fusion: str = "none", share_weights: bool = True,
                  convgru_hidden: int | None = None, cls_hidden: int = 512, cls_dropout: float = 0.3,
-                 num_tabular: int = 0, nonlin_first: bool = False, cls_pool_channels: list[int] | None = None,
-                 cls_activation: str = "leaky_relu", temporal_fp32: bool = False, cls_input_norm: str = "none"):
+                 nonlin_first: bool = False, cls_pool_channels: list[int] | None = None,
+                 cls_activation: str = "leaky_relu"):
         super().__init__()
         n = input_channels if num_phases is None else int(num_phases)
         if n < 1 or input_channels % n:
@@ -152,7 +173,6 @@ class STDNet(nn.Module):
         self.num_phases, self.channels_per_phase, self.reference_phase = n, input_channels // n, ref
         self.temporal_kind, self.share_weights, self.encoder_kind = temporal, share_weights, encoder
         self.cls_pool_channels = list(cls_pool_channels) if cls_pool_channels else None
-        self.temporal_fp32 = bool(temporal_fp32)
 
         common = dict(n_stages=n_stages, features_per_stage=features_per_stage, conv_op=conv_op,
                       kernel_sizes=kernel_sizes, strides=strides, conv_bias=conv_bias, norm_op=norm_op,
@@ -189,8 +209,8 @@ class STDNet(nn.Module):
             head_in = c_b
         fusion = SKIP_FUSIONS[skip_fusion]
         self.skip_fusion = nn.ModuleList([fusion(w, n, ref) for w in widths[:-1]]) if fusion else None
-        self.cls_head = ClassificationHead(head_in, num_cls_classes, cls_hidden, cls_dropout, num_tabular,
-                                           cls_activation, cls_input_norm) if num_cls_classes > 0 else None
+        self.cls_head = ClassificationHead(head_in, num_cls_classes, cls_hidden, cls_dropout, 0,
+                                           cls_activation) if num_cls_classes > 0 else None
         self._zero_init_temporal_out()
 
     # ------------------------------------------------------------------ forward
@@ -219,10 +239,9 @@ class STDNet(nn.Module):
             return ref + self.temporal_out(h), h, None
         tokens = f.flatten(3).permute(0, 3, 1, 2).reshape(-1, n, c)  # (B*L_b, N, C_b)
         locations = tokens.shape[0] // b
-        with autocast_off(tokens.device.type) if self.temporal_fp32 else contextlib.nullcontext():
-            out = self.temporal(tokens.float() if self.temporal_fp32 else tokens, return_attention)
-            z, weights = out if return_attention else (out, None)
-            delta = self.temporal_out(z[:, 1 + self.reference_phase]).unflatten(0, (b, locations))
+        out = self.temporal(tokens, return_attention)
+        z, weights = out if return_attention else (out, None)
+        delta = self.temporal_out(z[:, 1 + self.reference_phase]).unflatten(0, (b, locations))
         cls_feat = z[:, 0].unflatten(0, (b, locations)).transpose(1, 2).reshape(b, -1, *spatial)
         ctx = ref + delta.transpose(1, 2).reshape(b, c, *spatial)
         if weights is not None:
@@ -235,7 +254,7 @@ class STDNet(nn.Module):
         return [fuse(f) for fuse, f in zip(self.skip_fusion, feats)]
 
     def forward(self, x: torch.Tensor, return_heads: bool = False, return_attention: bool = False,
-                tabular: torch.Tensor | None = None, lesion_mask: torch.Tensor | None = None):
+                lesion_mask: torch.Tensor | None = None):
         feats = self._phase_features(x)
         ctx, cls_feat, weights = self._temporal_context(feats[-1], return_attention and return_heads)
         seg = self.decoder(self._reference_skips(feats[:-1]) + [ctx])
@@ -243,11 +262,9 @@ class STDNet(nn.Module):
             return seg
         cls = None
         if self.cls_head is not None:
-            cls = self.cls_head(lesion_weighted_pool(cls_feat, seg, self.cls_pool_channels, lesion_mask), tabular)
-        out = {"seg": seg, "cls": cls, "aux_losses": {}}
-        if return_attention:
-            out["attention"] = weights[-1] if weights else None
-        return out
+            cls = self.cls_head(lesion_weighted_pool(cls_feat, seg, self.cls_pool_channels, lesion_mask))
+        extras = {"attention": weights[-1] if weights else None} if return_attention else {}
+        return HeadsOutput(seg, cls, {}, extras)
 
     # ------------------------------------------------------------------ interpretability
     def temporal_attention(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -320,3 +337,14 @@ class STDNet(nn.Module):
             module.init_weights()
         if isinstance(module, STDNet):
             module._zero_init_temporal_out()
+
+
+register_architecture(
+    "stdnet", STDNet, dims=(2, 3),
+    variants={"noTemporal": {"temporal": "mean"}, "noWeightSharing": {"share_weights": False},
+              "ConvGRU": {"temporal": "convgru"}},
+    plans_network_class=STDNET_CLASS_NAME,
+    tiny_arch_kwargs={"encoder": "plain", "temporal": "transformer", "temporal_depth": 1, "temporal_heads": 2,
+                      "temporal_dim": 32, "skip_fusion": "none", "share_weights": True},
+    description="STD-Net (npj Digital Medicine 2025): shared encoder per phase, Transformer over phases, U-Net "
+                "decoder of the reference phase, lesion-type head")

@@ -28,9 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ext.data.geometry import (  # noqa: F401  re-exported for the converters
+    error_summary,
+    geometry_mismatch,
+    header_mismatch,
+    with_geometry_of,
+)
+from nnunet_ext.data.geometry import image_header as _image_header
 from nnunet_ext.errors import NnunetExtError
 
 REPORT_FILE = "conversion_report.json"
@@ -167,37 +173,6 @@ def read_image(path: str | os.PathLike, case: str, what: str = "image") -> sitk.
 def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), True)
-
-
-def geometry_mismatch(a: sitk.Image, b: sitk.Image, *, rtol: float = 1e-3, atol_mm: float = 1e-2) -> str | None:
-    """A description of how the voxel grids of ``a`` and ``b`` differ (size, spacing, origin, direction), or None."""
-    diffs = []
-    if a.GetSize() != b.GetSize():
-        diffs.append(f"size {a.GetSize()} vs {b.GetSize()}")
-    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=rtol, atol=0):
-        diffs.append(f"spacing {_fmt(a.GetSpacing())} vs {_fmt(b.GetSpacing())}")
-    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=max(atol_mm, rtol * min(a.GetSpacing()))):
-        diffs.append(f"origin {_fmt(a.GetOrigin())} vs {_fmt(b.GetOrigin())}")
-    if not np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-3):
-        diffs.append(f"direction {_fmt(a.GetDirection())} vs {_fmt(b.GetDirection())}")
-    return "; ".join(diffs) or None
-
-
-def with_geometry_of(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """A copy of ``image`` carrying ``reference``'s spacing, origin and direction (same voxel grid size)."""
-    out = sitk.Image(image)
-    out.CopyInformation(reference)
-    return out
-
-
-def _fmt(values) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
-
-
-def error_summary(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    tail = [ln for ln in lines if "error" in ln.lower() or "exception" in ln.lower()]
-    return (tail[-1] if tail else lines[-1] if lines else type(e).__name__)[:300]
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -561,24 +536,6 @@ def nnunet_raw_redirected(raw: Path):
 
 
 def image_header(path: str | os.PathLike, case: str, what: str = "image") -> sitk.ImageFileReader:
-    """Read only the header of an image file (size, spacing, origin, direction, dimension)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise ConversionError(f"case {case!r}: cannot read {what} {path} ({error_summary(e)}). The file is corrupt or "
-                              "not an image. Fix: re-download or re-export it, or pass --skip-invalid to leave the "
-                              "case out.") from e
-    return reader
-
-
-def header_mismatch(a: sitk.ImageFileReader, b: sitk.ImageFileReader, **kw) -> str | None:
-    """:func:`geometry_mismatch` on two headers read by :func:`image_header`."""
-    return geometry_mismatch(_HeaderView(a), _HeaderView(b), **kw)
-
-
-class _HeaderView:
-    def __init__(self, r: sitk.ImageFileReader):
-        self.GetSize, self.GetSpacing = r.GetSize, r.GetSpacing
-        self.GetOrigin, self.GetDirection = r.GetOrigin, r.GetDirection
+    """:func:`nnunet_ext.data.geometry.image_header`, failing with :class:`ConversionError` (``--skip-invalid``)."""
+    return _image_header(path, case, what, error=ConversionError,
+                         fix="re-download or re-export it, or pass --skip-invalid to leave the case out")

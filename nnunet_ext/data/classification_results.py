@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nnunet_ext.data.metadata import UNLABELED, save_json_atomic
-from nnunet_ext.evaluation.classification import classification_summary
+from nnunet_ext.metrics.classification import classification_summary
 
 
 def _json_safe(obj):

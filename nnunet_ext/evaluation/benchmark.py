@@ -8,8 +8,8 @@ preprocessed ``dataset.json``. Only folds present for every method are used (or 
 then exist for all), and only cases predicted by every method; dropped cases are listed in ``dropped_cases.csv``.
 Cross-validation predictions of all folds are pooled, so every case counts once.
 
-Metrics and statistics are defined in :mod:`~nnunet_ext.evaluation.segmentation`,
-:mod:`~nnunet_ext.evaluation.classification` and :mod:`~nnunet_ext.evaluation.statistics`; the report repeats the
+Metrics and statistics are defined in :mod:`~nnunet_ext.metrics.segmentation`,
+:mod:`~nnunet_ext.metrics.classification` and :mod:`~nnunet_ext.metrics.statistics`; the report repeats the
 conventions. Classification comparisons use the reference when it has a head, else the first method with one.
 """
 
@@ -19,15 +19,14 @@ import csv
 import json
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from nnunet_ext.errors import NnunetExtError
-from nnunet_ext.evaluation import segmentation as seg
-from nnunet_ext.evaluation import statistics as st
+from nnunet_ext.metrics import segmentation as seg
+from nnunet_ext.metrics import statistics as st
 
 DEFAULT_SMALL_LESION_MM3 = 4.0 / 3.0 * math.pi * 5.0 ** 3  # a sphere of 10 mm diameter: 523.6 mm^3
 METRICS = ("dice", "hd95", "assd")
@@ -168,23 +167,25 @@ def structures_from_labels(labels: dict, selected: Sequence[str] | None = None) 
     return out
 
 
-def lesion_structure(structures: dict, all_structures: dict, metadata_lesion: Sequence[int] | None,
+def lesion_structure(structures: dict, labels: dict, metadata_lesion: Sequence[int] | None,
                      lesion_label: int | None) -> tuple[str, tuple[int, ...], str]:
-    """The lesion: metadata ``classification.lesion_labels``, else ``lesion_label``, else the highest label.
-    Returns (name, labels, where it came from); adds a union structure to ``structures`` if needed."""
-    if metadata_lesion:
-        lab, source = tuple(sorted(int(x) for x in metadata_lesion)), "metadata classification.lesion_labels"
-    elif lesion_label is not None:
-        lab, source = (int(lesion_label),), "--lesion-label"
-    else:
-        lab, source = max(all_structures.values(), key=max), "highest label"
+    """The lesion by the package's one rule (:func:`nnunet_ext.data.lesion.lesion_labels`: ``--lesion-label``, else
+    the metadata's ``classification.lesion_labels``, else labels named like a lesion, else every foreground label).
+    ``labels``: dataset.json ``labels``. Returns (name, labels, where it came from); adds a structure to
+    ``structures`` when the lesion is not one of them."""
+    from nnunet_ext.data.lesion import lesion_labels
+
+    chosen = lesion_labels(labels, metadata_lesion, lesion_label)
+    all_structures = structures_from_labels(labels)
+    lab = tuple(chosen.labels) if chosen.labels is not None else tuple(sorted({v for t in all_structures.values()
+                                                                                for v in t}))
     for name, v in all_structures.items():
         if v == lab:
             structures.setdefault(name, v)
-            return name, lab, source
+            return name, lab, chosen.source
     name = "lesion" if "lesion" not in all_structures else "lesion_union"
     structures[name] = lab
-    return name, lab, source
+    return name, lab, chosen.source
 
 
 # --------------------------------------------------------------------------- per-case scores
@@ -349,7 +350,7 @@ def summarise_classification(y: np.ndarray, probs: dict[str, np.ndarray], class_
                              seed: int = st.DEFAULT_SEED) -> dict[str, dict]:
     """Per method: classification_summary, bootstrap intervals and, against ``reference``, the paired bootstrap of
     Δ accuracy / Δ macro AUC, McNemar's test and per-class one-vs-rest DeLong tests."""
-    from nnunet_ext.evaluation.classification import (
+    from nnunet_ext.metrics.classification import (
         bootstrap_classification,
         classification_summary,
         paired_bootstrap_classification,
@@ -373,12 +374,6 @@ def summarise_classification(y: np.ndarray, probs: dict[str, np.ndarray], class_
     return out
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def safe_name(text: str) -> str:
-    """A file-name-safe version of a method or structure name."""
-    return _SAFE.sub("_", text)
 
 
 # --------------------------------------------------------------------------- the whole benchmark
@@ -429,7 +424,7 @@ def run_benchmark(dataset: str | int, methods: Sequence[str], reference: str = "
                   command: str | None = None) -> BenchmarkResult:
     """Benchmark ``methods`` (``TRAINER[:PLANS[:CONFIG]]``) against ``reference`` on a dataset's cross-validation
     predictions and write report.md, CSVs and PNGs to ``output_folder`` (default
-    ``$nnUNet_results/DatasetXXX/benchmark``). See the module docstring and the README section "Benchmarking"."""
+    ``$nnUNet_results/DatasetXXX/benchmark``). See the module docstring and docs/benchmarking.md."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
@@ -460,10 +455,8 @@ def run_benchmark(dataset: str | int, methods: Sequence[str], reference: str = "
     fold_list = None if folds is None else [int(f) if str(f).isdigit() else f for f in folds]
     collection = collect(dataset_name, specs, fold_list, results_root, pre_root, file_ending)
 
-    all_structures = structures_from_labels(dj["labels"])
     structures = structures_from_labels(dj["labels"], labels)
-    lesion = lesion_structure(structures, all_structures, metadata.lesion_labels if metadata else None,
-                              lesion_label)
+    lesion = lesion_structure(structures, dj["labels"], metadata.lesion_labels if metadata else None, lesion_label)
     names = [m.name for m in specs]
     rows = compute_case_scores(collection, structures, file_ending, dj["labels"].get("ignore"), num_processes)
     strata = add_lesion_strata(rows, lesion[0], small_lesion, small_lesion_unit)
@@ -513,7 +506,7 @@ def ablation(res: BenchmarkResult, full: str) -> dict:
         for m in res.methods if m.name != full}}
     cls = res.classification
     if cls is not None and full in cls["probs"]:
-        from nnunet_ext.evaluation.classification import paired_bootstrap_classification
+        from nnunet_ext.metrics.classification import paired_bootstrap_classification
 
         others = {m: p for m, p in cls["probs"].items() if m != full}
         if others:

@@ -8,7 +8,7 @@ import argparse
 import os
 import shlex
 
-from nnunet_ext.evaluation.statistics import DEFAULT_N_BOOTSTRAP, DEFAULT_SEED
+from nnunet_ext.metrics.statistics import DEFAULT_N_BOOTSTRAP, DEFAULT_SEED
 
 _PARSERS: dict[str, argparse.ArgumentParser] = {}
 
@@ -88,7 +88,8 @@ def add_parser(sub) -> None:
     size.add_argument("--small-lesion-voxels", type=int, default=None, help="the same threshold in voxels")
     p.add_argument("--labels", nargs="+", default=None, help="only these structures (names or label values)")
     p.add_argument("--lesion-label", type=int, default=None,
-                   help="lesion label when the metadata has no classification.lesion_labels (default: highest)")
+                   help="the lesion label (default: the metadata's classification.lesion_labels, else labels named "
+                        "like a lesion, else every foreground label; docs/benchmarking.md)")
     p.add_argument("--full-model", default=None, help="the full model of an ablation study (adds ablation.png)")
     p.add_argument("-np", type=int, default=_default_processes(), help="processes for the per-case metrics")
     p.add_argument("-device", default=_default_device(), help="device for the efficiency measurements")

@@ -26,7 +26,6 @@ What is measured (each report repeats it):
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import sys
 import time
@@ -72,7 +71,7 @@ def build_network(model_folder: str, configuration: str):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_ext.data.metadata import load_dataset_json
-    from nnunet_ext.trainers.run import ensure_trainer_path
+    from nnunet_ext.paths import ensure_trainer_path
 
     ensure_trainer_path()
     plans_manager = PlansManager(os.path.join(model_folder, "plans.json"))
@@ -90,17 +89,14 @@ def count_parameters(network: torch.nn.Module) -> int:
 
 
 def _forward(network: torch.nn.Module, x: torch.Tensor):
-    """Forward pass through every head: ``return_heads=True`` where the network has it (zero tabular features for
-    a head that needs them)."""
-    if "return_heads" not in inspect.signature(network.forward).parameters:
+    """Forward pass through every head: for nnunet-ext networks ``return_heads=True`` with placeholder case inputs
+    of the shapes the network declares (:meth:`~nnunet_ext.architectures.contract.ContractNetwork.
+    example_case_inputs`); other networks (vanilla nnU-Net) ``forward(x)``."""
+    from nnunet_ext.architectures.contract import ContractNetwork
+
+    if not isinstance(network, ContractNetwork):
         return network(x)
-    try:
-        return network(x, return_heads=True)
-    except ValueError as e:
-        n_tab = getattr(getattr(network, "cls_head", None), "tabular_features", 0)
-        if "tabular" not in str(e) or not n_tab:
-            raise
-        return network(x, return_heads=True, tabular=torch.zeros(x.shape[0], n_tab, device=x.device))
+    return network(x, return_heads=True, **network.example_case_inputs(x.shape[0], x.device))
 
 
 def forward_flops(network: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -170,13 +166,17 @@ def time_inference(model_folder: str, fold: int | str, data: torch.Tensor, devic
     """Median seconds of the sliding-window prediction of one preprocessed case ``data`` (C, *spatial) with the
     weights of ``fold``, after one warm-up run (see module docstring)."""
     from nnunet_ext.inference.predictor import ClassifyingPredictor
-    from nnunet_ext.trainers.run import ensure_trainer_path
+    from nnunet_ext.paths import ensure_trainer_path
 
     ensure_trainer_path()
     predictor = ClassifyingPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                      perform_everything_on_device=device.type == "cuda", device=device,
                                      verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_folder, (fold,), "checkpoint_final.pth")
+    if predictor.binding is not None:  # placeholder case inputs of the declared shapes (the cost does not vary)
+        from nnunet_ext.architectures.case_binding import unwrap
+
+        predictor.binding.bind("(timing)", unwrap(predictor.network).example_case_inputs(1, device))
     predictor.predict_logits_from_preprocessed_data(data)  # warm-up: allocations, cuDNN autotuning, caches
     times = []
     for _ in range(max(1, repeats)):

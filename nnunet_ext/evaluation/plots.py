@@ -5,7 +5,6 @@ Every function takes plain data (method name -> per-case values), writes one PNG
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Mapping, Sequence
 
@@ -13,21 +12,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nnunet_ext.evaluation.statistics import Interval
+from nnunet_ext.metrics.statistics import Interval
+from nnunet_ext.plotting import default_style
 
 DPI = 150
 _CMAP = "tab10"
-
-
-@contextlib.contextmanager
-def default_style():
-    """Matplotlib's default rc settings for the duration of a plot. nnU-Net's progress plot calls
-    ``seaborn.set(font_scale=2.5)``, which changes the global style of every later figure in the same process."""
-    import matplotlib
-
-    style = {k: v for k, v in matplotlib.rcParamsDefault.items() if k not in ("backend", "backend_fallback")}
-    with matplotlib.rc_context(style):
-        yield
 
 
 def _styled(fn):

@@ -10,7 +10,7 @@ import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
 
-from nnunet_ext.evaluation.statistics import Interval, format_p
+from nnunet_ext.metrics.statistics import Interval, format_p
 
 PACKAGES = ("nnunet-ext", "nnunetv2", "torch", "numpy", "scipy", "scikit-learn", "SimpleITK",
             "dynamic-network-architectures", "matplotlib")
@@ -244,7 +244,7 @@ def _efficiency_md(res) -> list[str]:
 def benchmark_markdown(res) -> str:
     """The full ``report.md`` of a benchmark."""
     from nnunet_ext.evaluation.benchmark import UNIT_LABELS
-    from nnunet_ext.evaluation.segmentation import EMPTY_BOTH_DICE
+    from nnunet_ext.metrics.segmentation import EMPTY_BOTH_DICE
 
     thr, unit = res.small_lesion
     counts = {k: sum(1 for v in res.strata.values() if v == k) for k in ("small", "large", "no lesion")}

@@ -20,10 +20,10 @@ Perturbation (at inference only; the reference segmentation is never moved):
 Evaluation: nnU-Net's predictor (with the class head of
 :class:`~nnunet_ext.inference.predictor.ClassifyingPredictor`) runs once on the original images and once per repeat
 on perturbed copies. Per case and structure, Dice is computed against the unmoved reference (conventions of
-:mod:`~nnunet_ext.evaluation.segmentation`) and the degradation is ``mean over repeats of Dice(perturbed) -
+:mod:`~nnunet_ext.metrics.segmentation`) and the degradation is ``mean over repeats of Dice(perturbed) -
 Dice(unperturbed)``; it is summarised by its mean with a bootstrap 95% CI over cases and a paired Wilcoxon test.
 Accuracy and macro AUC (labeled cases) are compared the same way: ``mean over repeats of metric(perturbed) -
-metric(unperturbed)``, bootstrapped over cases (see :mod:`~nnunet_ext.evaluation.statistics`).
+metric(unperturbed)``, bootstrapped over cases (see :mod:`~nnunet_ext.metrics.statistics`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from nnunet_ext.errors import NnunetExtError
-from nnunet_ext.evaluation import statistics as st
-from nnunet_ext.evaluation.segmentation import dice, structure_mask
+from nnunet_ext.metrics import statistics as st
+from nnunet_ext.metrics.segmentation import dice, structure_mask
 
 DEFAULT_MAX_SHIFT_MM = 5.0
 DEFAULT_MAX_ROTATION_DEG = 7.0
@@ -121,7 +121,7 @@ def resolve_inputs(input_path: str, labels_path: str | None, model_dataset_json:
     """Cases of a raw dataset folder (imagesTr/labelsTr/dataset.json) or of an images folder plus ``labels_path``;
     metadata (class labels) from the raw dataset's dataset.json, or one next to the images folder."""
     from nnunet_ext.data.metadata import DatasetMetadata, load_dataset_json
-    from nnunet_ext.inference.predict import check_input_folder
+    from nnunet_ext.inference.checks import check_input_folder
 
     raw_json = os.path.join(input_path, "dataset.json")
     if os.path.isfile(raw_json) and os.path.isdir(os.path.join(input_path, "imagesTr")):
@@ -155,7 +155,7 @@ def predict_in_process(model_folder: str, folds, items: list[tuple[str, list[str
     import torch
 
     from nnunet_ext.inference.predictor import ClassifyingPredictor
-    from nnunet_ext.trainers.run import ensure_trainer_path
+    from nnunet_ext.paths import ensure_trainer_path
 
     ensure_trainer_path()
     dev = torch.device(device)
@@ -163,6 +163,10 @@ def predict_in_process(model_folder: str, folds, items: list[tuple[str, list[str
                                      perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                      verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
+    if predictor.uses:
+        raise RobustnessError(f"{model_folder}: this model's network consumes case inputs ({list(predictor.uses)}), "
+                              "which the robustness command does not pass yet. Fix: run it on a model without case "
+                              "inputs (e.g. EarlyFusionTrainer instead of EarlyFusionTrainer_tabular).")
     pm, cm, dj = predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
     preprocessor = cm.preprocessor_class(verbose=False)
 
@@ -320,7 +324,7 @@ def summarise(dice_rows: list[dict], probs: dict, inputs: RobustnessInputs, stru
               n_boot: int, seed: int) -> dict:
     """Per structure: Dice unperturbed vs perturbed (mean over repeats), Δ with bootstrap CI and Wilcoxon p; for
     labeled cases with a head: accuracy and macro AUC, Δ with bootstrap CI and p."""
-    from nnunet_ext.evaluation.classification import macro_auc, ovr_aucs
+    from nnunet_ext.metrics.classification import macro_auc, ovr_aucs
 
     cases = inputs.cases
     index = {(r["case"], r["repeat"], r["structure"]): r["dice"] for r in dice_rows}
@@ -372,7 +376,7 @@ def summarise(dice_rows: list[dict], probs: dict, inputs: RobustnessInputs, stru
 def _write_outputs(summary: dict, dice_rows: list[dict], perturbation_rows: list[dict], folder: str) -> None:
     from nnunet_ext.evaluation import plots
     from nnunet_ext.evaluation.report import fmt, fmt_interval, md_table, provenance_markdown
-    from nnunet_ext.evaluation.statistics import format_p
+    from nnunet_ext.metrics.statistics import format_p
 
     cases, s = summary["cases"], summary["settings"]
     index = {(r["case"], r["repeat"], r["structure"]): r["dice"] for r in dice_rows}

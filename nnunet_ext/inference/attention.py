@@ -12,9 +12,9 @@ on. This module turns them into one number per phase and lesion:
    last layer). The CLS-to-phase weights, averaged over heads (:meth:`STDNet.cls_attention_maps`), live on the
    bottleneck grid; they are upsampled trilinearly to the patch and accumulated with nnU-Net's Gaussian importance
    weights, as the logits are. A multi-fold ensemble averages logits and maps over the folds.
-3. Lesions are the connected components (26-connectivity) of the predicted lesion labels (the metadata's
-   ``lesion_labels``, default every foreground label), or, with ``-s``, of a given reference segmentation
-   (e.g. the ground truth), preprocessed onto the same grid. Components smaller than ``min_lesion_voxels`` are
+3. Lesions are the connected components (26-connectivity) of the predicted lesion labels (as the model's plans
+   record them, :mod:`nnunet_ext.data.lesion`), or, with ``-s``, of a given reference segmentation (e.g. the ground
+   truth), preprocessed onto the same grid. Components smaller than ``min_lesion_voxels`` are
    skipped.
 4. Per lesion: the mean over its voxels of each phase's attention, and ``attention_cls`` = what the CLS token keeps
    for itself (``1 - sum``), its volume and its centroid in the voxel indices of the input image (numpy order, as
@@ -40,8 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnunet_ext.architectures.base import PLANS_KEY
-from nnunet_ext.inference.predict import InputError, check_input_folder, require_finite, torch_device
+from nnunet_ext.architectures.case_binding import unwrap
+from nnunet_ext.architectures.contract import PLANS_KEY, case_settings
+from nnunet_ext.inference.checks import InputError, check_input_folder, require_finite, torch_device
 
 CSV_NAME, JSON_NAME = "phase_attention.csv", "phase_attention.json"
 MERGE_KEYS = ("model", "folds", "layer", "phases")  # rows are only merged with rows that agree on these
@@ -53,7 +54,7 @@ class AttentionError(InputError):
 
 def attention_network(predictor):
     """The predictor's STD-Net (unwrapped from ``torch.compile``), checked to have a Transformer over phases."""
-    net = getattr(predictor.network, "_orig_mod", predictor.network)
+    net = unwrap(predictor.network)
     kind = getattr(net, "temporal_kind", None)
     if kind != "transformer":
         what = f"temporal={kind!r}" if kind else f"a {type(net).__name__}, not STD-Net"
@@ -83,7 +84,7 @@ def sliding_window_attention(predictor, net, data: torch.Tensor, layer: int = -1
             patch = padded[sl][None].to(device)
             if layer == -1:
                 out = net(patch, return_heads=True, return_attention=True)
-                seg, weights = out["seg"], out["attention"]
+                seg, weights = out.seg, out.extras["attention"]
             else:
                 seg, weights = net(patch), net.temporal_attention(patch)[layer]
             seg = seg[0] if isinstance(seg, (list, tuple)) else seg
@@ -101,17 +102,17 @@ def sliding_window_attention(predictor, net, data: torch.Tensor, layer: int = -1
     return seg_acc[keep].cpu(), att_acc[keep].cpu()
 
 
-def lesion_labels(predictor) -> list[int]:
-    """The metadata's ``lesion_labels`` recorded in the model's plans, else every foreground label."""
-    labels = predictor.plans_manager.plans.get(PLANS_KEY, {}).get("lesion_labels")
-    return list(labels or predictor.label_manager.foreground_labels)
+def lesion_labels(predictor) -> list[int] | None:
+    """The model's lesion labels as its plans record them (:mod:`nnunet_ext.data.lesion`; None: region-based)."""
+    return case_settings(predictor.plans_manager.plans)["lesion_labels"]
 
 
 def lesion_mask_from_logits(predictor, logits: torch.Tensor) -> np.ndarray:
     """Predicted lesion voxels (bool, *S): argmax in the lesion labels, or any region above 0.5 for region models."""
-    if predictor.label_manager.has_regions:
+    labels = lesion_labels(predictor)
+    if labels is None:
         return (torch.sigmoid(logits) > 0.5).any(0).numpy()
-    return np.isin(logits.argmax(0).numpy(), lesion_labels(predictor))
+    return np.isin(logits.argmax(0).numpy(), labels)
 
 
 def original_voxel(properties: dict, preprocessed_shape, transpose_forward, point) -> list[float]:
@@ -224,7 +225,7 @@ def save_maps_in_input_geometry(output_folder: str, case: str, attention: torch.
                                 phases: list[str], properties: dict, predictor, ending: str) -> None:
     """``CASE_attention_<phase><ending>`` (float32, one per phase) and ``CASE_attention_lesions<ending>`` (the
     component ids of the table's ``lesion`` column), on the input image's voxel grid and geometry."""
-    from nnunet_ext.evaluation.benchmark import safe_name
+    from nnunet_ext.paths import safe_name
 
     pm, cm = predictor.plans_manager, predictor.configuration_manager
     maps = to_input_geometry(attention.numpy(), properties, pm, cm)
@@ -322,7 +323,7 @@ def phase_attention(input_folder: str, output_folder: str, model_folder: str, fo
     """Per-lesion attention over phases for every case of ``input_folder`` (module docstring); returns the new rows."""
     from nnunet_ext.data.metadata import load_dataset_json
     from nnunet_ext.inference.predictor import ClassifyingPredictor
-    from nnunet_ext.trainers.run import ensure_trainer_path
+    from nnunet_ext.paths import ensure_trainer_path
 
     ensure_trainer_path()
     dataset_json = load_dataset_json(os.path.join(model_folder, "dataset.json"))
@@ -369,7 +370,9 @@ def phase_attention(input_folder: str, output_folder: str, model_folder: str, fo
         logits = logits / len(predictor.list_of_parameters)  # inference tensors: no in-place update outside
         attention = attention / len(predictor.list_of_parameters)
         if case in refs:
-            lesion, source = np.isin(ref_seg[0], lesion_labels(predictor)), "reference"
+            labels = lesion_labels(predictor)
+            lesion = ref_seg[0] > 0 if labels is None else np.isin(ref_seg[0], labels)
+            source = "reference"
         else:
             lesion, source = lesion_mask_from_logits(predictor, logits), "prediction"
         rows, components = lesion_rows(case, attention, lesion, phases, spacing, props, transpose, source,

@@ -5,96 +5,38 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 
-from nnunet_ext.data.integrity import channel_files
 from nnunet_ext.data.metadata import load_dataset_json
-from nnunet_ext.errors import NnunetExtError
-
-
-class InputError(NnunetExtError, ValueError):
-    """Bad prediction input; the message names the case and the fix."""
-
-
-def check_input_folder(input_folder: str, dataset_json: dict) -> list[str]:
-    """Check that every case in ``input_folder`` has exactly the model's channels; returns the case ids."""
-    ending = dataset_json["file_ending"]
-    n_channels = len(dataset_json["channel_names"])
-    if not os.path.isdir(input_folder):
-        raise InputError(f"input folder {input_folder} does not exist")
-    files, strays = channel_files(input_folder, ending)
-    channels = {case: set(found) for case, found in files.items()}
-    if strays:
-        raise InputError(f"{input_folder}: files without the _XXXX channel suffix: {strays[:5]}. Fix: name images "
-                         f"CASE_0000{ending}, CASE_0001{ending}, ... (one file per channel).")
-    if not channels:
-        raise InputError(f"{input_folder} holds no {ending} images named CASE_XXXX{ending}.")
-    expected = set(range(n_channels))
-    bad = {k: sorted(v) for k, v in channels.items() if v != expected}
-    if bad:
-        names = [dataset_json["channel_names"][str(i)] for i in range(n_channels)]
-        desc = "; ".join(f"{k}: channels {v}" for k, v in list(bad.items())[:10])
-        raise InputError(f"the model expects {n_channels} channel(s) {names} (files _0000.._{n_channels - 1:04d}), "
-                         f"but {len(bad)} case(s) differ: {desc}. Fix: provide exactly these channels per case, in "
-                         "the training order.")
-    for case in sorted(channels):
-        check_case_files([os.path.join(input_folder, f"{case}_{c:04d}{ending}") for c in range(n_channels)], case,
-                         [dataset_json["channel_names"][str(c)] for c in range(n_channels)])
-    return sorted(channels)
-
-
-def require_finite(data: torch.Tensor, case: str) -> None:
-    """Preprocessed data of ``case`` holds no NaN or infinity, or an error naming the case and the fix."""
-    if not torch.isfinite(data).all():
-        raise InputError(f"case {case} contains NaN or infinite values after preprocessing. Fix: replace them in the "
-                         "input image(s) (e.g. with the image minimum).")
-
-
-def torch_device(device: str) -> torch.device:
-    """``-device`` as a torch device; asking for CUDA on a machine without it is an error with the fix."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("-device cuda was requested but no CUDA device is available. Fix: pass -device cpu.")
-    return dev
-
-
-def check_case_files(files: list[str], case: str, names: list[str]) -> None:
-    """Every channel file of one case whole and finite (:func:`~nnunet_ext.data.integrity.check_image_file`), and
-    all on one voxel grid: nnU-Net only warns about channels whose origins differ and then predicts with the phases
-    misaligned; with other sizes or spacings its workers die with an unrelated message."""
-    from nnunet_ext.conversion.common import header_mismatch, image_header
-    from nnunet_ext.data.integrity import check_image_file
-
-    for f, name in zip(files, names):
-        check_image_file(f, case, f"channel {name!r}")
-    headers = [image_header(f, case, f"channel {name!r}") for f, name in zip(files, names)]
-    for f, name, h in zip(files[1:], names[1:], headers[1:]):
-        diff = header_mismatch(headers[0], h)
-        if diff:
-            raise InputError(f"case {case!r}: channel {name!r} ({os.path.basename(f)}) is not on the voxel grid of "
-                             f"channel {names[0]!r} ({diff}). nnU-Net would predict with the channels misaligned. "
-                             "Fix: register and resample every phase onto the reference phase's grid (nnunet-ext "
-                             "convert dicom-multiphase does this), then rerun.")
+from nnunet_ext.inference.checks import InputError, check_input_folder, torch_device  # noqa: F401  (re-exported)
 
 
 def predict(input_folder: str, output_folder: str, model_folder: str, folds=None,
             checkpoint_name: str = "checkpoint_final.pth", step_size: float = 0.5, disable_tta: bool = False,
             device: str = "cuda", num_processes_preprocessing: int = 2, num_processes_export: int = 2,
-            save_probabilities: bool = False, verbose: bool = False) -> dict | None:
+            save_probabilities: bool = False, verbose: bool = False, texts: str | None = None,
+            tabular: str | None = None, allow_missing_text: bool = False) -> dict | None:
     """Segment every case of ``input_folder`` and, for models with a class head, write ``classification.csv`` and
-    ``classification.json`` into ``output_folder``. Returns {case_id: probabilities} (None without a head)."""
+    ``classification.json`` into ``output_folder``. Returns {case_id: probabilities} (None without a head).
+
+    ``texts`` / ``tabular``: CSV or JSON files keyed by case id (:func:`~nnunet_ext.data.case_inputs.read_texts`,
+    :func:`~nnunet_ext.data.case_inputs.read_tabular`) for models whose network consumes them. Every case must have
+    each input its network needs; a network with a learned "no text" fallback predicts cases without text only with
+    ``allow_missing_text``. Texts are embedded with the encoder recorded in the model folder. Everything is checked
+    before the first case runs.
+    """
+    from nnunet_ext.data.classification_results import write_classification_outputs
     from nnunet_ext.inference.predictor import ClassifyingPredictor
-    from nnunet_ext.inference.writers import write_classification_outputs
-    from nnunet_ext.trainers.run import ensure_trainer_path
+    from nnunet_ext.paths import ensure_trainer_path
 
     ensure_trainer_path()  # nnU-Net finds the trainer class of the model by name on this path
     dataset_json = load_dataset_json(os.path.join(model_folder, "dataset.json"))
-    check_input_folder(input_folder, dataset_json)
+    cases = check_input_folder(input_folder, dataset_json)
     dev = torch_device(device)
     predictor = ClassifyingPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
                                      perform_everything_on_device=dev.type == "cuda", device=dev, verbose=verbose,
                                      verbose_preprocessing=verbose, allow_tqdm=True)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
+    predictor.case_inputs = prediction_case_inputs(predictor, cases, texts, tabular, allow_missing_text)
     os.makedirs(output_folder, exist_ok=True)
     predictor.predict_from_files(input_folder, output_folder, save_probabilities=save_probabilities, overwrite=True,
                                  num_processes_preprocessing=num_processes_preprocessing,
@@ -106,6 +48,67 @@ def predict(input_folder: str, output_folder: str, model_folder: str, folds=None
     ids = sorted(merged)
     write_classification_outputs(output_folder, ids, np.stack([merged[k] for k in ids]), predictor.class_names)
     return new
+
+
+def prediction_case_inputs(predictor, cases: list[str], texts: str | None, tabular: str | None,
+                           allow_missing_text: bool = False):
+    """The :class:`~nnunet_ext.data.case_inputs.CaseInputs` of ``cases`` from the ``--texts`` / ``--tabular`` files,
+    checked against what the model's network consumes (an :class:`InputError` names the cases and the fix)."""
+    from nnunet_ext.data.case_inputs import CaseInputError, CaseInputs, read_tabular, read_texts
+
+    uses, optional = predictor.uses, predictor.optional_inputs
+    settings = predictor.settings
+    unused = [flag for flag, given, name in (("--texts", texts, "text"), ("--tabular", tabular, "tabular"))
+              if given and name not in uses]
+    if unused:
+        print(f"note: this model's network does not consume {' or '.join(unused)}; ignored")
+    try:
+        table_text = {}
+        if "text" in uses:
+            if texts is None and not ("text" in optional and allow_missing_text):
+                fix = " or --allow-missing-text (the network has a learned 'no text' fallback)" \
+                    if "text" in optional else ""
+                raise InputError(f"this model's network consumes a text per case. Fix: pass --texts FILE (CSV "
+                                 f"case_id,text or JSON {{case_id: text}}){fix}.")
+            given = read_texts(texts) if texts else {}
+            missing = [c for c in cases if not given.get(c, "").strip()]
+            if missing and not ("text" in optional and allow_missing_text):
+                raise InputError(f"{len(missing)} case(s) have no (or an empty) text in {texts}: "
+                                 f"{', '.join(missing[:20])}. Fix: add them to the --texts file"
+                                 + (", or pass --allow-missing-text" if "text" in optional else "") + ".")
+            present = {c: given[c] for c in cases if given.get(c, "").strip()}
+            if present and not settings.get("text_encoder"):
+                raise InputError("this model was trained without text embeddings (every training case used the "
+                                 "network's 'no text' fallback), so it has no text encoder to embed --texts with. "
+                                 "Fix: predict without --texts, with --allow-missing-text.")
+            if missing:
+                print(f"--allow-missing-text: {len(missing)} case(s) predicted without text (the network's learned "
+                      f"'no text' embedding): {', '.join(missing[:20])}")
+            table_text = embed_texts(settings, present)
+        table_tab = {}
+        if "tabular" in uses:
+            if tabular is None:
+                raise InputError(f"this model's network consumes the tabular features {settings['tabular_features']}. "
+                                 "Fix: pass --tabular FILE (CSV with case_id and one column per feature, or JSON "
+                                 "{case_id: [values]}).")
+            table_tab = read_tabular(tabular, settings["tabular_features"])
+        inputs = CaseInputs(tabular=table_tab, text=table_text, num_tabular=settings.get("num_tabular", 0))
+        inputs.check(cases, uses, "the --texts / --tabular files", optional if allow_missing_text else ())
+    except CaseInputError as e:
+        raise InputError(str(e)) from None
+    return inputs
+
+
+def embed_texts(settings: dict, texts: dict[str, str]) -> dict:
+    """{case: (tokens, mask)} of ``texts`` by the text encoder the model was trained with (its plans' record)."""
+    from nnunet_ext.data.text_embeddings import load_text_encoder_from_info
+
+    if not texts:
+        return {}
+    encoder = load_text_encoder_from_info(settings["text_encoder"])
+    ids = sorted(texts)
+    tokens, mask = encoder.encode([texts[k] for k in ids])
+    return {k: (tokens[i], mask[i]) for i, k in enumerate(ids)}
 
 
 def earlier_classifications(output_folder: str, class_names, exclude=()) -> dict[str, np.ndarray]:

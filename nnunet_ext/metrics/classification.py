@@ -46,7 +46,7 @@ def macro_auc(aucs) -> np.ndarray | float:
 
 def ovr_aucs(y: np.ndarray, probs: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Per-class one-vs-rest AUCs (B, K) of the case resamples ``idx`` (B, N)."""
-    from nnunet_ext.evaluation.statistics import rank_auc
+    from nnunet_ext.metrics.statistics import rank_auc
 
     return np.stack([rank_auc(y[idx] == c, probs[idx, c]) for c in range(probs.shape[1])], axis=-1)
 
@@ -56,7 +56,7 @@ def bootstrap_classification(y_true: Sequence[int], probs: np.ndarray, n_boot: i
     """Bootstrap intervals (resampling cases) of accuracy, macro AUC and each per-class AUC of one classifier:
     labels (N,), probabilities (N, K). Returns {"accuracy": Interval, "auc_ovr_macro": Interval,
     "auc_per_class": [Interval] * K}."""
-    from nnunet_ext.evaluation import statistics as st
+    from nnunet_ext.metrics import statistics as st
 
     y, p = np.asarray(y_true, dtype=int), np.asarray(probs, dtype=float)
     n_boot = st.DEFAULT_N_BOOTSTRAP if n_boot is None else n_boot
@@ -73,7 +73,7 @@ def paired_bootstrap_classification(y_true: Sequence[int], probs_a: np.ndarray, 
                                     n_boot: int | None = None, seed: int | None = None) -> dict:
     """Paired bootstrap of the differences a - b in accuracy and macro AUC on the same cases (N,), (N, K) x 2.
     Returns {"accuracy": Interval, "auc_ovr_macro": Interval} (``Interval.p_value`` is the bootstrap p-value)."""
-    from nnunet_ext.evaluation import statistics as st
+    from nnunet_ext.metrics import statistics as st
 
     y = np.asarray(y_true, dtype=int)
     pa, pb = np.asarray(probs_a, dtype=float), np.asarray(probs_b, dtype=float)

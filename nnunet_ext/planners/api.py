@@ -215,7 +215,8 @@ def plan_and_preprocess(dataset_id: int, planner: str = "ExperimentPlanner",
                         configurations: tuple[str, ...] = ("2d", "3d_fullres", "3d_lowres"),
                         num_processes: int = 2, verify_dataset_integrity: bool = False,
                         gpu_memory_target_in_gb: float | None = None, plans_name: str | None = None,
-                        clean: bool = False, verbose: bool = False) -> str:
+                        clean: bool = False, verbose: bool = False, text_encoder: str | None = None,
+                        text_max_tokens: int = 64) -> str:
     """Validate metadata, fingerprint, plan with ``planner`` and preprocess ``configurations``.
 
     Returns the plans identifier. A configuration whose ``data_identifier`` belongs to other plans (plugin planners
@@ -227,6 +228,12 @@ def plan_and_preprocess(dataset_id: int, planner: str = "ExperimentPlanner",
     split kept as ``splits_final.json.stale``), and :class:`DataError` listing the unusable training cases; after
     planning, :class:`PlanError` for requested configurations the plans do not define (``3d_lowres`` and
     ``3d_cascade_fullres``, which nnU-Net only plans for large images, are skipped with a note).
+
+    Texts: when cases of the metadata carry a ``text``, their token embeddings are computed by the frozen
+    ``text_encoder`` (default all-MiniLM-L6-v2; or a local model folder) and stored beside the preprocessed
+    ``dataset.json`` (:mod:`nnunet_ext.data.text_embeddings`); unchanged texts are not embedded again. The encoder
+    is loaded before the fingerprint is computed; an encoder given explicitly that does not load is an error, the
+    default one missing (the ``text`` extra not installed) only a note, since most networks use no text.
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprint_dataset,
@@ -277,6 +284,26 @@ def plan_and_preprocess(dataset_id: int, planner: str = "ExperimentPlanner",
             os.replace(splits_file, splits_file + SPLITS_STALE_SUFFIX)
             print(f"--clean: {splits_file} did not match the cases; kept as {splits_file + SPLITS_STALE_SUFFIX}")
 
+    texts = {k: r.text for k, r in (metadata.cases.items() if metadata is not None else ()) if r.text is not None}
+    encoder = None
+    if texts:  # fail on a missing encoder or an empty text before hours of fingerprinting
+        from nnunet_ext.data.text_embeddings import TextEncoderError, check_texts, load_text_encoder
+
+        check_texts(texts)
+        try:
+            encoder = load_text_encoder(text_encoder, text_max_tokens)
+        except TextEncoderError as e:
+            if text_encoder is not None:  # asked for explicitly: a missing encoder is an error
+                raise
+            print(f"note: the cases' texts are not embedded: {e} Networks that consume texts cannot train on "
+                  f"{dataset_name} until they are (rerun plan-and-preprocess once the encoder loads).")
+        without = sorted(set(case_ids) - set(texts))
+        if without:
+            more = " ..." if len(without) > 5 else ""
+            print(f"note: {len(without)} case(s) have no text ({', '.join(without[:5])}{more}); networks that "
+                  "consume texts need one per case")
+    elif text_encoder is not None:
+        print(f"note: --text-encoder {text_encoder!r} ignored: no case of {dataset_name} has a text")
     # NaN / inf voxels, which nnU-Net's fingerprint only asserts on without naming the case, were refused above
     extract_fingerprint_dataset(dataset_id, check_dataset_integrity=verify_dataset_integrity, clean=clean,
                                 num_processes=num_processes, verbose=verbose)
@@ -314,4 +341,12 @@ def plan_and_preprocess(dataset_id: int, planner: str = "ExperimentPlanner",
     written = write_stratified_splits_if_missing(pre_folder, case_ids, metadata)
     if written:
         print(f"Wrote a stratified 5-fold split: {written}")
+    if encoder is not None:
+        from nnunet_ext.data.text_embeddings import TextEmbeddingStore, set_active_text_encoder
+
+        store = TextEmbeddingStore(pre_folder, encoder.info)
+        stats = store.update(texts, encoder)
+        set_active_text_encoder(pre_folder, encoder.info)
+        print(f"text embeddings: {stats['computed']} computed, {stats['reused']} reused ({encoder.info.name}, "
+              f"{encoder.info.dim}-d, {encoder.info.max_tokens} tokens) -> {store.folder}")
     return plans_identifier

@@ -27,9 +27,9 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_en
     ResEncUNetPlanner,
 )
 
+from nnunet_ext.architectures.stdnet import STDNET_CLASS_NAME
 from nnunet_ext.planners import register_planner
 
-STDNET_CLASS_NAME = "nnunet_ext.architectures.stdnet.STDNet"
 VANILLA_PLANS = "nnUNetPlans"
 # configuration entries that define the preprocessed data (besides plans-level transpose / intensity properties)
 PREPROCESSING_KEYS = ("preprocessor_name", "normalization_schemes", "use_mask_for_norm", "resampling_fn_data",
@@ -75,11 +75,9 @@ class _STDNetPlanning:
     def phase_layout(self) -> dict[str, int]:
         """``num_phases``, ``reference_phase``, ``num_cls_classes`` from the dataset metadata (as the trainer's
         ``plans["nnunet_ext"]`` block will say)."""
-        from nnunet_ext.architectures.base import make_head_settings
-        from nnunet_ext.data.metadata import DatasetMetadata
+        from nnunet_ext.planners.case_settings import make_case_settings
 
-        channels = [self.dataset_json["channel_names"][k] for k in sorted(self.dataset_json["channel_names"], key=int)]
-        s = make_head_settings(DatasetMetadata.from_dataset_json(self.dataset_json), channels)
+        s = make_case_settings(self.dataset_json)
         return {"num_phases": s["num_phases"], "reference_phase": s["reference_phase_index"],
                 "num_cls_classes": s["num_cls_classes"]}
 

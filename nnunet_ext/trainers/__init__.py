@@ -1,49 +1,33 @@
 """nnunet-ext trainers. Point nnU-Net at them with ``export nnUNet_extTrainer=$(nnunet-ext trainer-path)``; then
-``nnUNetv2_train D C F -tr <name>`` and ``nnUNetv2_predict ... -tr <name>`` find every class exported here."""
+``nnUNetv2_train D C F -tr <name>`` and ``nnUNetv2_predict ... -tr <name>`` find every class exported here.
+
+Exported: the trainers a user runs (each architecture, its paper ablations and paper-loss variant, the early-fusion
+baseline) and their schedule variants ``<Trainer>_<schedule>`` (:data:`~nnunet_ext.trainers.schedules.SCHEDULES`),
+plus vanilla ``nnUNetTrainer_<schedule>`` for the short schedules nnU-Net does not ship (seeded like ours).
+"""
 
 from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_ext.trainers.early_fusion import (
-    EarlyFusionTrainer,
-    EarlyFusionTrainer_nnUNetSGD,
-    EarlyFusionTrainer_predictionPool,
-)
+from nnunet_ext.trainers.early_fusion import EarlyFusionTrainer, EarlyFusionTrainer_tabular
 from nnunet_ext.trainers.multitask import MultiTaskTrainer
 from nnunet_ext.trainers.schedules import SCHEDULES, schedule_variants
 from nnunet_ext.trainers.stdnet import (
     STDNET_TRAINERS,
     STDNetTrainer,
     STDNetTrainer_ConvGRU,
-    STDNetTrainer_fp32Temporal,
-    STDNetTrainer_headInputNorm,
-    STDNetTrainer_headLR1e4,
-    STDNetTrainer_nnUNetSGD,
     STDNetTrainer_noTemporal,
     STDNetTrainer_noWeightSharing,
     STDNetTrainer_paperLoss,
-    STDNetTrainer_predictionPool,
-    STDNetTrainer_shallowTemporal,
 )
 
-# vanilla nnU-Net with only the schedule changed (the segmentation reference on the same short schedules)
-_BASES = (nnUNetTrainer, EarlyFusionTrainer, EarlyFusionTrainer_nnUNetSGD, EarlyFusionTrainer_predictionPool,
-          *STDNET_TRAINERS)
-_VARIANTS = {k: v for k, v in schedule_variants(*_BASES).items()
-             if not k.endswith(("epoch", "epochs")) or not k.startswith("nnUNetTrainer_")}
+PRODUCT_TRAINERS = (EarlyFusionTrainer, EarlyFusionTrainer_tabular, *STDNET_TRAINERS)
+_VARIANTS = {**schedule_variants(*PRODUCT_TRAINERS),
+             # nnU-Net ships nnUNetTrainer_250epochs itself: only the short schedules for the vanilla reference
+             **schedule_variants(nnUNetTrainer, schedules=[s for s in SCHEDULES if not s.endswith("epochs")])}
 globals().update(_VARIANTS)
 
-__all__ = ["MultiTaskTrainer", "EarlyFusionTrainer", "EarlyFusionTrainer_nnUNetSGD",
-           "EarlyFusionTrainer_predictionPool", "STDNetTrainer", "STDNetTrainer_noTemporal",
-           "STDNetTrainer_noWeightSharing", "STDNetTrainer_ConvGRU", "STDNetTrainer_paperLoss",
-           "STDNetTrainer_nnUNetSGD", "STDNetTrainer_predictionPool", "STDNetTrainer_fp32Temporal",
-           "STDNetTrainer_shallowTemporal", "STDNetTrainer_headLR1e4", "STDNetTrainer_headInputNorm", "SCHEDULES",
-           *sorted(_VARIANTS)]
-
-
-def trainer_discovery_path() -> str:
-    """The folder to put in ``nnUNet_extTrainer``: one shim module that re-exports the classes above."""
-    import os
-
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "discovery")
+__all__ = ["MultiTaskTrainer", "EarlyFusionTrainer", "EarlyFusionTrainer_tabular", "STDNetTrainer",
+           "STDNetTrainer_noTemporal", "STDNetTrainer_noWeightSharing", "STDNetTrainer_ConvGRU",
+           "STDNetTrainer_paperLoss", "PRODUCT_TRAINERS", "SCHEDULES", *sorted(_VARIANTS)]

@@ -1,7 +1,15 @@
-"""Per-epoch classification metrics in nnU-Net's logger, and their progress plot."""
+"""Per-epoch loss terms and classification metrics in nnU-Net's logger, and their progress plot.
+
+nnU-Net's ``LocalLogger`` asserts on keys it does not know and checkpoints its dict whole, so every key is registered
+(:func:`ensure_log_key`) before it is first logged; a loss term that appears only in a later epoch is padded with NaN
+for the earlier ones. Keys: ``loss_<term>_train`` and ``loss_<term>_val`` for every named loss term (``seg``,
+``cls``, each auxiliary loss), and ``cls_val_loss``, ``cls_val_accuracy``, ``cls_val_auc`` (patch level, labeled
+lesion patches) for networks with a classification head.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 
 import matplotlib
@@ -9,44 +17,72 @@ import matplotlib
 matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CLS_LOG_KEYS = ("cls_train_losses", "cls_val_loss", "cls_val_accuracy", "cls_val_auc")
+CLS_METRIC_KEYS = ("cls_val_loss", "cls_val_accuracy", "cls_val_auc")
+PROGRESS_FILE = "progress_terms.png"
 
 
-def add_log_keys(meta_logger, fill_to: int = 0) -> None:
-    """Register our keys in nnU-Net's LocalLogger (it asserts on unknown keys and checkpoints the dict whole).
-
-    ``fill_to`` pads missing keys with NaN up to that many epochs, for checkpoints written without them."""
-    store = meta_logger.local_logger.my_fantastic_logging
-    for k in CLS_LOG_KEYS:
-        values = store.setdefault(k, [])
-        values.extend([float("nan")] * max(0, fill_to - len(values)))
+def term_key(term: str, split: str) -> str:
+    """Logger key of loss term ``term`` in ``split`` ("train" or "val")."""
+    return f"loss_{term}_{split}"
 
 
-def plot_classification_progress(meta_logger, output_folder: str) -> str:
-    """Write ``progress_classification.png``: train/val classification loss, val accuracy and AUC per epoch."""
-    from nnunet_ext.evaluation.plots import default_style
+def ensure_log_key(meta_logger, key: str, epochs: int) -> None:
+    """Register ``key`` in nnU-Net's logger, padded with NaN to ``epochs`` entries."""
+    values = meta_logger.local_logger.my_fantastic_logging.setdefault(key, [])
+    values.extend([float("nan")] * max(0, epochs - len(values)))
+
+
+def logged_terms(meta_logger) -> list[str]:
+    """Names of the loss terms in the logger, in the order first logged."""
+    keys = meta_logger.local_logger.my_fantastic_logging
+    return [k[len("loss_"):-len("_train")] for k in keys if k.startswith("loss_") and k.endswith("_train")]
+
+
+def plot_progress(meta_logger, output_folder: str, with_classification: bool) -> str:
+    """Write ``progress_terms.png``: each loss term per epoch (train solid, validation dashed, log scale) and, for
+    networks with a head, the validation classification accuracy and macro AUC."""
+    from nnunet_ext.plotting import default_style
 
     with default_style():
-        return _plot(meta_logger.local_logger.my_fantastic_logging, output_folder)
+        return _plot(meta_logger.local_logger.my_fantastic_logging, logged_terms(meta_logger), output_folder,
+                     with_classification)
 
 
-def _plot(store: dict, output_folder: str) -> str:
-    n = min(len(store[k]) for k in CLS_LOG_KEYS)
-    epochs = list(range(n))
-    fig, (ax_loss, ax_metric) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
-    ax_loss.plot(epochs, store["cls_train_losses"][:n], "b-", label="train CE (lesion patches)")
-    ax_loss.plot(epochs, store["cls_val_loss"][:n], "r-", label="val CE (lesion patches)")
-    ax_loss.set_ylabel("classification loss")
-    ax_loss.legend(loc="upper right")
-    ax_metric.plot(epochs, store["cls_val_accuracy"][:n], "g-", label="val accuracy")
-    ax_metric.plot(epochs, store["cls_val_auc"][:n], "m-", label="val macro AUC (one-vs-rest)")
-    ax_metric.set_ylim(0, 1.02)
-    ax_metric.set_xlabel("epoch")
-    ax_metric.set_ylabel("patch-level metric")
-    ax_metric.legend(loc="lower right")
-    fig.suptitle("Classification head, per epoch (patch level; case-level results: validation/)")
+def _finite(values) -> bool:
+    return any(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def _plot(store: dict, terms: list[str], output_folder: str, with_classification: bool) -> str:
+    rows = 2 if with_classification else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(10, 4 * rows), sharex=True, squeeze=False)
+    ax_loss = axes[0, 0]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    positive = False
+    for i, term in enumerate(terms):
+        for split, style in (("train", "-o"), ("val", "--o")):
+            values = store.get(term_key(term, split), [])
+            if _finite(values):
+                ax_loss.plot(range(len(values)), values, style, color=colors[i % len(colors)], markersize=3,
+                             label=f"{term} ({split})")
+                positive = positive or all(v > 0 for v in values if math.isfinite(v))
+    if positive:
+        ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("loss term (unweighted)" + (", log scale" if positive else ""))
+    if ax_loss.get_legend_handles_labels()[0]:
+        ax_loss.legend(loc="upper right", fontsize="small", ncol=2)
+    if with_classification:
+        ax_metric = axes[1, 0]
+        for key, style, label in (("cls_val_accuracy", "g-o", "val accuracy"),
+                                  ("cls_val_auc", "m-o", "val macro AUC (one-vs-rest)")):
+            values = store.get(key, [])
+            ax_metric.plot(range(len(values)), values, style, markersize=3, label=label)
+        ax_metric.set_ylim(0, 1.02)
+        ax_metric.set_ylabel("patch-level metric")
+        ax_metric.legend(loc="lower right")
+    axes[-1, 0].set_xlabel("epoch")
+    fig.suptitle("Loss terms and classification per epoch (case-level results: validation/)")
     fig.tight_layout()
-    path = os.path.join(output_folder, "progress_classification.png")
+    path = os.path.join(output_folder, PROGRESS_FILE)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

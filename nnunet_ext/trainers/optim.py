@@ -2,11 +2,10 @@
 
 Why. nnU-Net trains every parameter with SGD (Nesterov, momentum 0.99, lr 1e-2, poly decay, no warm-up). That is
 tuned for convolutions with instance norm. Transformers are trained with AdamW and a warm-up (ViT, TimeSformer; the
-STD-Net paper trains with AdamW, lr 3e-4, weight decay 1e-4). On the synthetic multiphase comparison (H100, 2500
-iterations, ``benchmarks/RESULTS.md``) STD-Net's characterisation head trained by nnU-Net's SGD output the same logits
-for every case from the fifth epoch on (validation AUC exactly 0.5), as did the no-weight-sharing ablation, while the
-U-Net parts segmented as well as vanilla nnU-Net. ``benchmarks/head_optimizer_diagnostic.py`` measures the
-mechanism on the CPU.
+STD-Net paper trains all of its parameters with AdamW, lr 1e-4, weight decay 1e-5, after a warm-up). On the synthetic
+multiphase comparison (H100, 2500 iterations, ``benchmarks/RESULTS.md``) STD-Net's characterisation head trained by
+nnU-Net's SGD output the same logits for every case from the fifth epoch on (validation AUC exactly 0.5), as did the
+no-weight-sharing ablation, while the U-Net parts segmented as well as vanilla nnU-Net.
 
 What. :class:`HybridSGDAdamW` is a single :class:`torch.optim.Optimizer` (so nnU-Net's ``GradScaler``, gradient
 clipping, checkpointing and ``--c`` resume work unchanged) whose parameter groups carry ``"algorithm"``:
@@ -31,6 +30,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from nnunet_ext.architectures.case_binding import unwrap
 
 ALGORITHMS = ("sgd", "adamw")
 
@@ -149,17 +150,6 @@ class HybridSGDAdamW(torch.optim.Optimizer):
         torch._foreach_div_(denom, [(1 - beta2 ** s) ** 0.5 for s in steps])
         torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(params, exp_avg, denom, [-lr / (1 - beta1 ** s) for s in steps])
-
-
-def unwrap(network: nn.Module) -> nn.Module:
-    """The module under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        inner = getattr(network, "module", None)
-        if not isinstance(inner, nn.Module):
-            inner = getattr(network, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return network
-        network = inner
 
 
 def auxiliary_parameters(network: nn.Module) -> list[nn.Parameter]:

@@ -7,16 +7,7 @@ import os
 import torch
 
 from nnunet_ext.errors import NnunetExtError
-
-
-def ensure_trainer_path() -> None:
-    """Add nnunet-ext's trainer folder to ``nnUNet_extTrainer`` (kept if the user already set other folders)."""
-    from nnunet_ext.trainers import trainer_discovery_path
-
-    path = trainer_discovery_path()
-    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    if path not in current:
-        os.environ["nnUNet_extTrainer"] = os.pathsep.join([*current, path])
+from nnunet_ext.paths import ensure_trainer_path
 
 
 class ExistingTrainingError(NnunetExtError):

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import os
 import random
-from contextlib import contextmanager, nullcontext
-from unittest import mock
 
 import numpy as np
 import torch
@@ -89,26 +87,16 @@ def worker_seeds(seed: int, num_processes: int, start_epoch: int = 0) -> list[in
     return [int(np.random.SeedSequence((seed, start_epoch, i)).generate_state(1)[0]) for i in range(num_processes)]
 
 
-@contextmanager
-def seeded_workers(seed: int, start_epoch: int = 0):
-    """Make ``nnUNetTrainer.get_dataloaders`` start its augmentation workers with :func:`worker_seeds`."""
-    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
-
-    original = trainer_module.NonDetMultiThreadedAugmenter
-
-    def make(*args, num_processes: int, seeds=None, **kwargs):
-        if seeds is None:
-            seeds = worker_seeds(seed, num_processes, start_epoch)
-        return original(*args, num_processes=num_processes, seeds=seeds, **kwargs)
-
-    with mock.patch.object(trainer_module, "NonDetMultiThreadedAugmenter", make):
-        yield
-
-
 class EnvSeededTrainer:
-    """Mixin for ``nnUNetTrainer`` subclasses: applies ``nnUNet_ext_seed`` (module docstring). Put it before the
-    trainer in the bases; it wraps ``initialize``, ``get_dataloaders``, ``save_checkpoint``, ``load_checkpoint`` and
-    ``on_train_epoch_start`` and calls the next class's."""
+    """Mixin for ``nnUNetTrainer`` subclasses: applies ``nnUNet_ext_seed`` (module docstring) and writes
+    checkpoints atomically. Put it before the trainer in the bases; it overrides ``initialize``,
+    ``get_dataloaders``, ``save_checkpoint``, ``load_checkpoint`` and ``on_train_epoch_start`` and calls the next
+    class's where it extends them.
+
+    ``get_dataloaders``, ``save_checkpoint`` and ``load_checkpoint`` are written out here rather than extended: nnU-Net
+    builds its augmentation workers (seeds) and its checkpoint dict (no room for the generator states) inside these
+    methods, and its ``load_checkpoint`` accepts only a file name.
+    """
 
     _pending_rng_state: dict | None = None
 
@@ -119,42 +107,124 @@ class EnvSeededTrainer:
             self.print_to_log_file(f"{SEED_ENV}={seed}: Python, NumPy and torch seeded before building the network")
         return super().initialize()
 
+    # ------------------------------------------------------------------ data loading
     def get_dataloaders(self):
-        seed = training_seed()
-        rank = int(getattr(self, "local_rank", 0))
-        start = int(getattr(self, "current_epoch", 0))
-        with seeded_workers(seed + 1000 * rank, start) if seed is not None else nullcontext():
-            return super().get_dataloaders()
+        """nnU-Net's loaders and transforms; the augmentation workers get :func:`worker_seeds` when seeded."""
+        from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+        from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+        from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        ds_scales = self._get_deep_supervision_scales()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        lm = self.label_manager
+        common = dict(is_cascaded=self.is_cascaded, foreground_labels=lm.foreground_labels,
+                      regions=lm.foreground_regions if lm.has_regions else None, ignore_label=lm.ignore_label)
+        tr_transforms = self.get_training_transforms(patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
+                                                     use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
+                                                     **common)
+        val_transforms = self.get_validation_transforms(ds_scales, **common)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        loader = dict(oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
+                      pad_sides=None, probabilistic_oversampling=self.probabilistic_oversampling)
+        dl_tr = nnUNetDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, lm,
+                                 transforms=tr_transforms, **loader)
+        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, lm,
+                                  transforms=val_transforms, **loader)
+        n = get_allowed_n_proc_DA()
+        if n == 0:
+            gen_tr, gen_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        else:
+            seed = training_seed()
+            rank = int(getattr(self, "local_rank", 0))
+            start = int(getattr(self, "current_epoch", 0))
+            n_val = max(1, n // 2)
+            seeds_tr = seeds_val = None
+            if seed is not None:
+                seeds_tr = worker_seeds(seed + 1000 * rank, n, start)
+                seeds_val = worker_seeds(seed + 1000 * rank, n_val, start)
+            pin = self.device.type == "cuda"
+            gen_tr = NonDetMultiThreadedAugmenter(data_loader=dl_tr, transform=None, num_processes=n,
+                                                  num_cached=max(6, n // 2), seeds=seeds_tr, pin_memory=pin,
+                                                  wait_time=0.002)
+            gen_val = NonDetMultiThreadedAugmenter(data_loader=dl_val, transform=None, num_processes=n_val,
+                                                   num_cached=max(3, n // 4), seeds=seeds_val, pin_memory=pin,
+                                                   wait_time=0.002)
+        _ = next(gen_tr)  # start the workers now, as nnU-Net does
+        _ = next(gen_val)
+        return gen_tr, gen_val
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_dict(self) -> dict:
+        """nnU-Net's checkpoint content (same keys, so nnU-Net's predictor and ``--c`` read it) plus the generator
+        states under :data:`RNG_KEY`."""
+        from torch._dynamo import OptimizedModule
+
+        mod = self.network.module if self.is_ddp else self.network
+        if isinstance(mod, OptimizedModule):
+            mod = mod._orig_mod
+        return {
+            "network_weights": mod.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            RNG_KEY: rng_state(),
+        }
 
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint plus the generator states (nnU-Net builds the dict inside its method and saves it at
-        once; the dict is extended on its way to ``torch.save``)."""
-        original = torch.save
-
-        def save_with_rng(obj, f, *args, **kwargs):
-            if isinstance(obj, dict) and "network_weights" in obj and RNG_KEY not in obj:
-                obj = {**obj, RNG_KEY: rng_state()}
-            return original(obj, f, *args, **kwargs)
-
-        with mock.patch.object(torch, "save", save_with_rng):
-            return super().save_checkpoint(filename)
+        """:meth:`checkpoint_dict` written to a temporary file and renamed (rank 0): a kill mid-write keeps the
+        previous checkpoint, so ``--c`` always finds a whole one."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        tmp = f"{filename}.tmp{os.getpid()}"
+        try:
+            torch.save(self.checkpoint_dict(), tmp)
+            os.replace(tmp, filename)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        """nnU-Net's load; the generator states are taken from the checkpoint on its way out of ``torch.load`` (nnU-Net
-        only accepts a file name here, whatever its signature says)."""
-        found = [filename_or_checkpoint.get(RNG_KEY)] if isinstance(filename_or_checkpoint, dict) else []
-        original = torch.load
+        """Restore network, optimizer, grad scaler, logger and epoch from a checkpoint file or dict, as nnU-Net does;
+        the generator states are restored when the first resumed epoch starts (seeded runs)."""
+        from torch._dynamo import OptimizedModule
 
-        def load_and_keep_rng(*args, **kwargs):
-            obj = original(*args, **kwargs)
-            if isinstance(obj, dict) and "network_weights" in obj:
-                found.append(obj.get(RNG_KEY))
-            return obj
-
-        with mock.patch.object(torch, "load", load_and_keep_rng):
-            super().load_checkpoint(filename_or_checkpoint)
-        if found and found[-1] is not None and training_seed() is not None:
-            self._pending_rng_state = found[-1]  # restored when the first resumed epoch starts
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        own = self.network.module if self.is_ddp else self.network
+        if isinstance(own, OptimizedModule):
+            own = own._orig_mod
+        keys = own.state_dict().keys()
+        weights = {k[7:] if k not in keys and k.startswith("module.") else k: v
+                   for k, v in checkpoint["network_weights"].items()}
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        own.load_state_dict(weights)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+        if checkpoint.get(RNG_KEY) is not None and training_seed() is not None:
+            self._pending_rng_state = checkpoint[RNG_KEY]  # restored when the first resumed epoch starts
 
     def on_train_epoch_start(self):
         state, self._pending_rng_state = self._pending_rng_state, None
@@ -170,5 +240,5 @@ def with_env_seed(base: type) -> tuple[type, ...]:
     return (base,) if issubclass(base, EnvSeededTrainer) else (EnvSeededTrainer, base)
 
 
-__all__ = ["RNG_KEY", "SEED_ENV", "EnvSeededTrainer", "rng_state", "seed_everything", "seeded_workers",
-           "set_rng_state", "training_seed", "with_env_seed", "worker_seeds"]
+__all__ = ["RNG_KEY", "SEED_ENV", "EnvSeededTrainer", "rng_state", "seed_everything", "set_rng_state",
+           "training_seed", "with_env_seed", "worker_seeds"]

@@ -170,7 +170,6 @@ def test_leaky_head_keeps_a_gradient_where_a_relu_head_goes_dead():
             head.mlp[0].bias.fill_(-100.0)  # every unit pushed below zero for every case
         head(feats).sum().backward()
         grads[act] = head.mlp[0].weight.grad.abs().sum().item()
-        assert head.hidden_activations(feats).shape == (16, 128)
     assert grads["relu"] == 0.0 and grads["leaky_relu"] > 0.0
     assert isinstance(ClassificationHead(4, 2).mlp[1], nn.LeakyReLU)
     assert isinstance(ClassificationHead(4, 2, activation="gelu").mlp[1], nn.GELU)
@@ -180,40 +179,25 @@ def test_leaky_head_keeps_a_gradient_where_a_relu_head_goes_dead():
         ClassificationHead(4, 2, 8, tabular_features=2)(torch.zeros(1, 4))
 
 
-def test_running_standardize_tracks_the_population_and_passes_no_gradient_to_its_statistics():
-    from nnunet_ext.architectures.blocks.heads import RunningStandardize
-
-    torch.manual_seed(0)
-    norm = RunningStandardize(4, momentum=0.01)
-    population = torch.randn(4000, 4) * torch.tensor([0.03, 0.1, 1.0, 3.0]) + torch.tensor([1.0, -2.0, 0.0, 5.0])
-    for batch in population.split(2):  # nnU-Net-sized batches
-        norm(batch)
-    assert int(norm.num_batches_tracked) == 2000
-    torch.testing.assert_close(norm.running_mean, population.mean(0), atol=0.05 * population.std(0).max(), rtol=0)
-    torch.testing.assert_close(norm.running_var.sqrt(), population.std(0), rtol=0.15, atol=0)
-    # a case-constant feature with a 3% spread comes out with unit spread, centred
-    norm.eval()
-    out = norm(population)
-    torch.testing.assert_close(out.std(0), torch.ones(4), rtol=0.15, atol=0)
-    assert out.mean(0).abs().max() < 0.3
-    # eval does not update; training updates before applying, and the statistics take no gradient
-    before = norm.running_mean.clone()
-    norm(torch.full((2, 4), 100.0))
-    torch.testing.assert_close(norm.running_mean, before)
-    norm.train()
-    x = torch.randn(2, 4, requires_grad=True)
-    norm(x).sum().backward()
-    torch.testing.assert_close(x.grad, (1 / (norm.running_var + norm.eps).sqrt()).expand(2, 4))
-    assert not norm.running_mean.requires_grad
-
-
-def test_head_input_norm_is_off_by_default_and_saved_in_the_state_dict():
+def test_tabular_standardize_uses_the_given_statistics_and_travels_in_the_state_dict():
     from nnunet_ext.architectures.blocks.heads import ClassificationHead
+    from nnunet_ext.architectures.blocks.tabular import TabularStandardize
 
-    assert ClassificationHead(8, 3).input_norm is None
-    head = ClassificationHead(8, 3, tabular_features=2, input_norm="running")
-    assert {"input_norm.running_mean", "input_norm.running_sq"} <= set(head.state_dict())
-    head(torch.randn(3, 8), torch.randn(3, 2))
-    assert head.input_norm.running_mean.shape == (8,)  # image features only, tabular untouched
-    with pytest.raises(ValueError, match="input_norm='batch'"):
-        ClassificationHead(8, 3, input_norm="batch")
+    norm = TabularStandardize(2)
+    x = torch.tensor([[60.0, 1.0], [70.0, 3.0]])
+    torch.testing.assert_close(norm(x), x)  # identity until statistics are set
+    norm.set_statistics([65.0, 2.0], [5.0, 0.0])  # a constant feature (std 0) is only centred
+    torch.testing.assert_close(norm(x), torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="built for 2"):
+        norm.set_statistics([1.0], [1.0])
+    with pytest.raises(ValueError, match="finite"):
+        norm.set_statistics([float("nan"), 0.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"\(B, 2\)"):
+        norm(torch.zeros(3))
+    head = ClassificationHead(8, 3, tabular_features=2)
+    assert {"tabular_norm.mean", "tabular_norm.std"} <= set(head.state_dict())
+    head.tabular_norm.set_statistics([65.0, 2.0], [5.0, 1.0])
+    other = ClassificationHead(8, 3, tabular_features=2)
+    other.load_state_dict(head.state_dict())
+    torch.testing.assert_close(other.tabular_norm.mean, torch.tensor([65.0, 2.0]))
+    assert ClassificationHead(8, 3).tabular_norm is None

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from nnunet_ext.architectures.contract import HeadsOutput
 from nnunet_ext.architectures.stdnet import STDNet
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -50,10 +51,10 @@ def test_contract_shapes_and_gradients(temporal, share, n, ds, encoder):
         assert isinstance(seg_only, torch.Tensor) and seg_only.shape == (2, 3, *PATCH)
 
     out = net(x, return_heads=True)
-    assert set(out) == {"seg", "cls", "aux_losses"} and out["aux_losses"] == {}
-    assert out["cls"].shape == (2, 3)
-    seg = out["seg"] if ds else [out["seg"]]
-    (sum(s.float().mean() for s in seg) + out["cls"].float().square().mean()).backward()
+    assert isinstance(out, HeadsOutput) and out.aux_losses == {}
+    assert out.cls.shape == (2, 3)
+    seg = out.seg if ds else [out.seg]
+    (sum(s.float().mean() for s in seg) + out.cls.float().square().mean()).backward()
     # every parameter takes part in the return_heads pass (DDP without find_unused_parameters); nnU-Net's decoder
     # only uses its last segmentation layer without deep supervision
     unused = {f"decoder.seg_layers.{i}" for i in range(len(net.decoder.seg_layers) - 1)} if not ds else set()
@@ -67,7 +68,7 @@ def test_attention_weights_shape_and_rows(n):
     net = make(n).eval()
     x = torch.randn(2, n, *PATCH)
     out = net(x, return_heads=True, return_attention=True)
-    att = out["attention"]
+    att = out.extras["attention"]
     locations = 2 * 2 * 2
     assert att.shape == (2, locations, 2, n + 1, n + 1)
     torch.testing.assert_close(att.sum(-1), torch.ones(2, locations, 2, n + 1))
@@ -78,13 +79,13 @@ def test_attention_weights_shape_and_rows(n):
     assert maps.shape == (2, n, *BOTTLENECK)
     assert (maps.sum(1) <= 1 + 1e-5).all() and (maps >= 0).all()
     # the explicit-weights path gives the same outputs as the fused path
-    torch.testing.assert_close(out["cls"], net(x, return_heads=True)["cls"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.cls, net(x, return_heads=True).cls, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("temporal", ["mean", "convgru"])
 def test_attention_is_none_without_transformer(temporal):
     net = make(3, temporal).eval()
-    assert net(torch.randn(1, 3, *PATCH), return_heads=True, return_attention=True)["attention"] is None
+    assert net(torch.randn(1, 3, *PATCH), return_heads=True, return_attention=True).extras["attention"] is None
     with pytest.raises(ValueError, match="no attention"):
         net.temporal_attention(torch.randn(1, 3, *PATCH))
 
@@ -94,8 +95,8 @@ def test_mean_ablation_is_invariant_to_permuting_non_reference_phases():
     x = torch.randn(2, 4, *PATCH)
     perm = [3, 1, 0, 2]  # reference (1) stays in place
     a, b = net(x, return_heads=True), net(x[:, perm], return_heads=True)
-    torch.testing.assert_close(a["seg"], b["seg"], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(a["cls"], b["cls"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.seg, b.seg, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.cls, b.cls, rtol=1e-4, atol=1e-5)
 
 
 def test_transformer_knows_phase_order_and_decodes_the_reference_phase():
@@ -103,12 +104,12 @@ def test_transformer_knows_phase_order_and_decodes_the_reference_phase():
     x = torch.randn(2, 3, *PATCH)
     perm = [2, 1, 0]
     a, b = net(x, return_heads=True), net(x[:, perm], return_heads=True)
-    assert not torch.allclose(a["cls"], b["cls"], atol=1e-5)  # phase embedding: order matters for the class
+    assert not torch.allclose(a.cls, b.cls, atol=1e-5)  # phase embedding: order matters for the class
     # temporal output projection is zero at init: segmentation = U-Net on the reference phase
-    torch.testing.assert_close(a["seg"], b["seg"])
+    torch.testing.assert_close(a.seg, b.seg)
     y = x.clone()
     y[:, 0] = torch.randn_like(y[:, 0])
-    torch.testing.assert_close(net(y), a["seg"])
+    torch.testing.assert_close(net(y), a.seg)
     with torch.no_grad():
         net.temporal_out.weight.normal_()
     assert not torch.allclose(net(y), net(x))  # once learned, the other phases reach the segmentation
@@ -126,27 +127,9 @@ def test_autocast_outputs_are_finite(dtype, temporal):
     x = torch.randn(1, 3, *PATCH) * 50
     with torch.autocast("cpu", dtype=dtype):
         out = net(x, return_heads=True, return_attention=temporal == "transformer")
-    assert torch.isfinite(out["seg"].float()).all() and torch.isfinite(out["cls"].float()).all()
+    assert torch.isfinite(out.seg.float()).all() and torch.isfinite(out.cls.float()).all()
     if temporal == "transformer":
-        torch.testing.assert_close(out["attention"].sum(-1), torch.ones_like(out["attention"][..., 0]))
-
-
-def test_temporal_fp32_keeps_the_transformer_in_float32_under_autocast():
-    """``temporal_fp32``: under bf16 autocast the Transformer path computes exactly what it computes without autocast
-    (control: without the switch its linear layers run in bf16 and the result differs)."""
-    f = torch.randn(2, 3, 16, *BOTTLENECK)  # (B, N, C_bottleneck, *S): the encoder's last output
-    for fp32 in (True, False):
-        net = make(3, temporal_fp32=fp32).eval()
-        with torch.no_grad():
-            ref_ctx, ref_cls, _ = net._temporal_context(f)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                ctx, cls, _ = net._temporal_context(f)
-        if fp32:
-            assert cls.dtype == ctx.dtype == torch.float32
-            torch.testing.assert_close(cls, ref_cls, rtol=0, atol=0)
-            torch.testing.assert_close(ctx, ref_ctx, rtol=0, atol=0)
-        else:
-            assert not torch.equal(cls.float(), ref_cls)
+        torch.testing.assert_close(out.extras["attention"].sum(-1), torch.ones_like(out.extras["attention"][..., 0]))
 
 
 def test_feature_map_size_grows_with_phases_and_temporal_cost():
@@ -188,12 +171,12 @@ def test_several_channels_per_phase_and_2d():
     topo2d = {**TINY_TOPOLOGY, "conv_op": nn.Conv2d, "norm_op": nn.InstanceNorm2d, "strides": (1, 2, 2)}
     net2d = STDNet(3, 2, **topo2d, n_conv_per_stage=1, temporal="convgru", skip_fusion="attention", **TINY_TEMPORAL)
     out = net2d(torch.randn(2, 3, 16, 16), return_heads=True)
-    assert out["seg"].shape == (2, 2, 16, 16) and out["cls"].shape == (2, 3)
+    assert out.seg.shape == (2, 2, 16, 16) and out.cls.shape == (2, 3)
 
 
 def test_no_head_when_no_classes():
     net = STDNet(3, 2, **TINY_TOPOLOGY, n_conv_per_stage=1, num_cls_classes=0, **TINY_TEMPORAL)
-    assert net.cls_head is None and net(torch.randn(1, 3, *PATCH), return_heads=True)["cls"] is None
+    assert net.cls_head is None and net(torch.randn(1, 3, *PATCH), return_heads=True).cls is None
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -225,7 +208,7 @@ def test_flops_count_on_the_meta_device():
             net = make(n)
         counter = FlopCounterMode(display=False)
         with counter:
-            net(torch.randn(1, n, *PATCH, device="meta"), return_heads=True)["cls"].sum().backward()
+            net(torch.randn(1, n, *PATCH, device="meta"), return_heads=True).cls.sum().backward()
         flops[n] = counter.get_total_flops()
     assert 0 < flops[1] < flops[3]
 
@@ -243,15 +226,7 @@ def test_lesion_mask_changes_only_the_pooling_of_the_head():
         masked = net(x, return_heads=True, lesion_mask=mask)
         _, cls_feat, _ = net._temporal_context(net._phase_features(x)[-1])
         expected = net.cls_head(lesion_weighted_pool(cls_feat, None, [2], lesion_mask=mask))
-    for a, b in zip(plain["seg"], masked["seg"]):
+    for a, b in zip(plain.seg, masked.seg):
         torch.testing.assert_close(a, b)
-    torch.testing.assert_close(masked["cls"], expected)
-    assert not torch.allclose(plain["cls"], masked["cls"])
-
-
-def test_cls_input_norm_reaches_the_head():
-    assert make(3).cls_head.input_norm is None
-    net = make(3, cls_input_norm="running")
-    assert net.cls_head.input_norm.running_mean.shape == (TINY_TEMPORAL["temporal_dim"],)  # the CLS width
-    out = net(torch.randn(2, 3, *PATCH), return_heads=True)
-    assert out["cls"].shape == (2, 3) and int(net.cls_head.input_norm.num_batches_tracked) == 1
+    torch.testing.assert_close(masked.cls, expected)
+    assert not torch.allclose(plain.cls, masked.cls)

@@ -1,5 +1,5 @@
 """Real tiny trained models shared by the evaluation tests: EarlyFusionTrainer_smoke (with a class head) and
-nnUNetTrainer_smoke (vanilla nnU-Net), fold 4 of the session's ``tiny_multiphase`` dataset."""
+nnUNetTrainer_smoke (vanilla nnU-Net), fold 4 of the test run's ``tiny_multiphase`` dataset."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ SMOKE_TRAINERS = ("EarlyFusionTrainer_smoke", "nnUNetTrainer_smoke")
 
 @pytest.fixture(scope="session")
 def smoke_models(tiny_multiphase):
-    """Train (or reuse, when this session already has them) one fold of both smoke trainers on CPU."""
+    """Train (or reuse, when this test run already has them) one fold of both smoke trainers on CPU."""
     from nnunet_ext.trainers.run import train
 
     folders = {}

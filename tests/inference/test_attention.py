@@ -58,13 +58,13 @@ def test_one_patch_gives_the_networks_own_maps_and_logits():
     logits, att = sliding_window_attention(make_predictor(), net, x)
     with torch.no_grad():
         out = net(x[None], return_heads=True, return_attention=True)
-        expected = F.interpolate(net.cls_attention_maps(out["attention"], PATCH), size=PATCH, mode="trilinear",
+        expected = F.interpolate(net.cls_attention_maps(out.extras["attention"], PATCH), size=PATCH, mode="trilinear",
                                  align_corners=False)[0]
-    torch.testing.assert_close(logits, out["seg"][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, out.seg[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(att, expected, rtol=1e-4, atol=1e-6)
     # the maps are the layer's CLS-to-phase weights: per location at most 1, the rest stays on CLS
     assert att.shape == (3, *PATCH) and (att >= 0).all() and (att.sum(0) <= 1 + 1e-5).all()
-    torch.testing.assert_close(net.cls_attention_maps(out["attention"], PATCH),
+    torch.testing.assert_close(net.cls_attention_maps(out.extras["attention"], PATCH),
                                net.phase_attention_maps(x[None]), rtol=1e-4, atol=1e-6)
 
 
@@ -77,8 +77,8 @@ def test_overlapping_patches_are_weighted_and_padding_is_removed():
     with torch.no_grad():
         first = net(padded[None, :, :, :8], return_heads=True, return_attention=True)
         second = net(padded[None, :, :, 4:], return_heads=True, return_attention=True)
-        m1 = F.interpolate(net.cls_attention_maps(first["attention"], PATCH), size=PATCH, mode="trilinear")[0]
-        m2 = F.interpolate(net.cls_attention_maps(second["attention"], PATCH), size=PATCH, mode="trilinear")[0]
+        m1 = F.interpolate(net.cls_attention_maps(first.extras["attention"], PATCH), size=PATCH, mode="trilinear")[0]
+        m2 = F.interpolate(net.cls_attention_maps(second.extras["attention"], PATCH), size=PATCH, mode="trilinear")[0]
     # without Gaussian weights: rows seen by one patch keep its map, the overlap (y 4..7) is the mean of both
     torch.testing.assert_close(att[:, :, :4], m1[:, :3, :4], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(att[:, :, 8:], m2[:, :3, 4:], rtol=1e-4, atol=1e-6)
@@ -179,9 +179,11 @@ def test_predicted_lesions_use_the_lesion_labels_or_any_region():
     with_lesion_labels = SimpleNamespace(label_manager=labels, plans_manager=SimpleNamespace(
         plans={"nnunet_ext": {"lesion_labels": [2]}}))
     assert lesion_mask_from_logits(with_lesion_labels, logits)[0].tolist() == [[False, False], [False, True]]
-    without = SimpleNamespace(label_manager=labels, plans_manager=SimpleNamespace(plans={}))  # every foreground label
-    assert lesion_mask_from_logits(without, logits)[0].tolist() == [[True, False], [False, True]]
-    regions = SimpleNamespace(label_manager=SimpleNamespace(has_regions=True), plans_manager=SimpleNamespace(plans={}))
+    every = SimpleNamespace(label_manager=labels, plans_manager=SimpleNamespace(  # a dataset without lesion names
+        plans={"nnunet_ext": {"lesion_labels": [1, 2]}}))
+    assert lesion_mask_from_logits(every, logits)[0].tolist() == [[True, False], [False, True]]
+    regions = SimpleNamespace(label_manager=SimpleNamespace(has_regions=True), plans_manager=SimpleNamespace(
+        plans={"nnunet_ext": {"lesion_labels": None}}))
     region_logits = torch.full((2, 1, 2, 2), -5.0)
     region_logits[1, 0, 0, 1] = 5
     assert lesion_mask_from_logits(regions, region_logits)[0].tolist() == [[False, True], [False, False]]

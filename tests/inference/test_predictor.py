@@ -12,18 +12,21 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_ext.architectures.base import PLANS_KEY
-from nnunet_ext.inference.predict import InputError, check_input_folder
+from nnunet_ext.architectures.contract import PLANS_KEY, ContractNetwork, HeadsOutput
+from nnunet_ext.inference.checks import InputError, check_input_folder
 from nnunet_ext.inference.predictor import ClassifyingPredictor
 
 
-class LesionVoter(nn.Module):
+class LesionVoter(ContractNetwork):
     """Segments voxels > 5 in channel 0 as lesion (label 2); votes class 1 for patches that contain lesion and
     class 0 (strongly) for patches that do not. ``shift`` lets two "folds" disagree."""
 
     def __init__(self):
         super().__init__()
         self.shift = nn.Parameter(torch.zeros(3))
+
+    def produces_classes(self) -> bool:
+        return True
 
     def forward(self, x, return_heads=False):
         lesion = (x[:, :1] > 5).float()
@@ -32,7 +35,7 @@ class LesionVoter(nn.Module):
             return seg
         has = lesion.flatten(1).amax(1)
         cls = torch.stack([8 * (1 - has), 8 * has, torch.zeros_like(has)], 1) + self.shift
-        return {"seg": seg, "cls": cls, "aux_losses": {}}
+        return HeadsOutput(seg, cls)
 
 
 @pytest.fixture
@@ -58,7 +61,7 @@ def _volume(with_lesion: bool) -> torch.Tensor:
 
 def test_lesion_patches_decide_the_case(predictor):
     probs = predictor.classify_preprocessed(_volume(True))
-    assert len(predictor._fold_probs) == 1
+    assert len(predictor.binding._passes) == 1 and len(predictor.binding._passes[0]) == 9  # one call per patch
     assert probs.argmax() == 1 and probs[1] > 0.9, probs
     # the plain mean over patches would have said class 0: most patches hold no lesion
     assert probs.sum() == pytest.approx(1.0, abs=1e-5)
@@ -77,9 +80,10 @@ def test_fold_ensemble_averages_probabilities(predictor):
     for sd in (sd_a, sd_b):
         predictor.network.load_state_dict(sd)
         single.append(predictor.classify_preprocessed(_volume(True)))
-    predictor._current_case = "case"
+    predictor.start_case("case")
     predictor.predict_logits_from_preprocessed_data(_volume(True))
-    np.testing.assert_allclose(predictor.case_probabilities["case"], np.mean(single, axis=0), atol=1e-6)
+    assert len(predictor.binding._passes) == 2  # one pass per fold
+    np.testing.assert_allclose(predictor.binding.case_probabilities(), np.mean(single, axis=0), atol=1e-6)
 
 
 def test_channel_count_mismatch_names_the_case(tiny_multiphase, tmp_path):
@@ -136,8 +140,8 @@ def test_truncated_nan_or_misaligned_input_files_are_refused_before_predicting(t
 
 
 def test_earlier_classifications_are_kept_unless_predicted_again_or_of_another_model(tmp_path):
+    from nnunet_ext.data.classification_results import write_classification_outputs
     from nnunet_ext.inference.predict import earlier_classifications
-    from nnunet_ext.inference.writers import write_classification_outputs
 
     classes = ["hcc", "metastasis", "benign"]
     write_classification_outputs(str(tmp_path), ["a", "b"], np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]), classes)
@@ -153,7 +157,7 @@ def test_earlier_classifications_are_kept_unless_predicted_again_or_of_another_m
 
 
 def test_a_set_without_labeled_cases_gets_probabilities_and_no_metrics(tmp_path):
-    from nnunet_ext.inference.writers import write_classification_outputs
+    from nnunet_ext.data.classification_results import write_classification_outputs
 
     summary = write_classification_outputs(str(tmp_path), ["a", "b"], np.array([[0.6, 0.4], [0.3, 0.7]]),
                                            ["hcc", "benign"], targets=[-1, -1])
@@ -166,13 +170,13 @@ def test_a_set_without_labeled_cases_gets_probabilities_and_no_metrics(tmp_path)
 def test_nan_input_names_the_case(predictor):
     x = _volume(True)
     x[1, 2, 3, 4] = float("nan")
-    predictor._current_case = "case_007"
+    predictor.start_case("case_007")
     with pytest.raises(InputError, match="case_007 contains NaN"):
         predictor.predict_logits_from_preprocessed_data(x)
 
 
 def test_non_finite_preprocessed_data_and_missing_cuda_are_named_with_the_fix(monkeypatch):
-    from nnunet_ext.inference.predict import require_finite, torch_device
+    from nnunet_ext.inference.checks import require_finite, torch_device
 
     require_finite(torch.zeros(1, 2, 2, 2), "case_x")
     with pytest.raises(InputError, match=r"case case_x contains NaN or infinite values after preprocessing\. Fix: "):

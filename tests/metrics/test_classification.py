@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score, top_k_accuracy_score
 
-from nnunet_ext.evaluation.classification import (
+from nnunet_ext.metrics.classification import (
     bootstrap_classification,
     classification_summary,
     macro_auc,
@@ -76,8 +76,8 @@ def test_paired_bootstrap_of_a_better_classifier():
 
 
 def test_benchmark_classification_summary_uses_delong_per_class_and_holm():
-    from nnunet_ext.evaluation import statistics as st
     from nnunet_ext.evaluation.benchmark import summarise_classification
+    from nnunet_ext.metrics import statistics as st
 
     y, p = _data(n=60, seed=5)
     rng = np.random.default_rng(6)

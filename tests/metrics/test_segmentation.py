@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from nnunet_ext.evaluation import segmentation as seg
+from nnunet_ext.metrics import segmentation as seg
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI deprecation notices
 

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from nnunet_ext.evaluation import statistics as st
+from nnunet_ext.metrics import statistics as st
 
 
 def _scores(n=150, seed=0, ties=False):

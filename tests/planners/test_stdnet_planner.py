@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from nnunet_ext.architectures.contract import HeadsOutput
+
 DATASET = 990  # shared with tests/trainers/test_stdnet_trainers.py (same raw data; the fingerprint is made once)
 
 
@@ -131,10 +133,10 @@ def _peak_training_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     def step():
-        out = net(x, return_heads=True) if hasattr(net, "temporal_kind") else {"seg": net(x)}
-        loss = sum(s.float().mean() for s in out["seg"])
-        if out.get("cls") is not None:
-            loss = loss + out["cls"].float().square().mean()
+        out = net(x, return_heads=True) if hasattr(net, "temporal_kind") else HeadsOutput(net(x))
+        loss = sum(s.float().mean() for s in out.seg)
+        if out.cls is not None:
+            loss = loss + out.cls.float().square().mean()
         loss.backward()
 
     step()

@@ -26,7 +26,7 @@ def _worker(rank: int, world: int, port: int, dataset_id: int, env: dict, out_fi
     torch.manual_seed(rank)  # different data/augmentation per rank
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from nnunet_ext.trainers.run import ensure_trainer_path
+    from nnunet_ext.paths import ensure_trainer_path
 
     ensure_trainer_path()
     tr = get_trainer_from_args(str(dataset_id), "3d_fullres", 3, trainer, plans, device=torch.device("cpu"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -11,10 +12,15 @@ import torch
 from nnunet_ext.data.metadata import DatasetMetadata
 
 
+def tiny_metadata_tabular(dataset, case_ids) -> np.ndarray:
+    dj = json.load(open(dataset["preprocessed"] / "dataset.json", encoding="utf-8"))
+    return DatasetMetadata.from_dataset_json(dj).tabular_matrix([str(k) for k in case_ids]).astype(np.float64)
+
+
 def make_trainer(dataset, trainer="EarlyFusionTrainer_smoke", fold=0, plans="nnUNetPlans"):
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from nnunet_ext.trainers.run import ensure_trainer_path
+    from nnunet_ext.paths import ensure_trainer_path
 
     ensure_trainer_path()
     return get_trainer_from_args(str(dataset["id"]), "3d_fullres", fold, trainer, plans,
@@ -22,10 +28,11 @@ def make_trainer(dataset, trainer="EarlyFusionTrainer_smoke", fold=0, plans="nnU
 
 
 @pytest.mark.parametrize("n_proc_da", ["0", "2"])
-def test_batches_carry_case_targets_aligned_with_keys(tiny_multiphase, monkeypatch, n_proc_da):
+def test_batches_carry_the_case_ids_and_the_trainer_looks_up_their_inputs(tiny_multiphase, monkeypatch, n_proc_da):
     monkeypatch.setenv("nnUNet_n_proc_DA", n_proc_da)
-    tr = make_trainer(tiny_multiphase)
+    tr = make_trainer(tiny_multiphase, "EarlyFusionTrainer_tabular_smoke")
     tr.initialize()
+    assert tr.case_uses == ("tabular",)  # this head consumes the dataset's tabular features
     dl_tr, dl_val = tr.get_dataloaders()
     md = tr.metadata
     expected_type = "SingleThreadedAugmenter" if n_proc_da == "0" else "NonDetMultiThreadedAugmenter"
@@ -34,9 +41,11 @@ def test_batches_carry_case_targets_aligned_with_keys(tiny_multiphase, monkeypat
         for loader in (dl_tr, dl_val):
             for _ in range(3):
                 batch = next(loader)
-                keys = list(batch["keys"])
-                assert batch["class_target"].tolist() == md.class_targets(keys).tolist()
-                assert torch.allclose(batch["tabular"], torch.from_numpy(md.tabular_matrix(keys)))
+                keys = [str(k) for k in batch["keys"]]
+                assert tr.case_inputs.class_targets(keys).tolist() == md.class_targets(keys).tolist()
+                inputs = tr.case_inputs.batch(keys, tr.case_uses)
+                assert set(inputs) == {"tabular"}
+                assert torch.allclose(inputs["tabular"], torch.from_numpy(md.tabular_matrix(keys)))
                 assert batch["data"].shape[0] == len(keys)
     finally:
         for loader in (dl_tr, dl_val):
@@ -44,19 +53,28 @@ def test_batches_carry_case_targets_aligned_with_keys(tiny_multiphase, monkeypat
                 loader._finish()
 
 
-def test_train_step_combines_losses_and_trains_the_head(tiny_multiphase):
+def test_train_step_logs_named_terms_and_combines_them_with_the_weight_table(tiny_multiphase, monkeypatch):
     tr = make_trainer(tiny_multiphase)
     tr.initialize()
     dl_tr, _ = tr.get_dataloaders()
     head_before = [p.detach().clone() for p in tr.network.cls_head.parameters()]
     batch = next(dl_tr)
-    batch["class_target"][:] = torch.tensor([0, 1])[: len(batch["keys"])]
+    for i, k in enumerate(batch["keys"]):  # labeled cases of two classes
+        tr.case_inputs.class_index[str(k)] = i % 2
+    monkeypatch.setattr(type(tr), "loss_weights", {"seg": 1.0, "cls": 0.25})
     out = tr.train_step(batch)
-    assert {"loss", "seg_loss"} <= set(out)
+    assert set(out["terms"]) == {"seg", "cls"}
     # the patch covers the whole tiny volume, so every sample shows its lesion and CE contributes
-    np.testing.assert_allclose(out["loss"], out["seg_loss"] + tr.cls_loss_weight * out["cls_loss"], rtol=1e-5)
-    assert out["cls_loss"] > 0
+    np.testing.assert_allclose(out["loss"], out["terms"]["seg"] + 0.25 * out["terms"]["cls"], rtol=1e-5)
+    assert out["terms"]["cls"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(head_before, tr.network.cls_head.parameters()))
+
+
+def test_a_loss_term_without_a_weight_is_an_error_naming_it(tiny_multiphase, monkeypatch):
+    tr = make_trainer(tiny_multiphase)
+    monkeypatch.setattr(type(tr), "loss_weights", {"seg": 1.0})
+    with pytest.raises(RuntimeError, match=r"no weight for the loss term\(s\) \['cls'\]"):
+        tr.combine_loss_terms({"seg": torch.tensor(1.0), "cls": torch.tensor(2.0)})
 
 
 def test_classification_loss_ignores_unlabeled_and_lesion_free_patches(tiny_multiphase):
@@ -126,13 +144,13 @@ def test_checkpoint_write_is_atomic(tiny_multiphase, monkeypatch):
 
 
 def test_resume_restores_heads_optimizer_and_logs(tiny_multiphase):
-    tr = make_trainer(tiny_multiphase, fold=2)
+    tr = make_trainer(tiny_multiphase, "EarlyFusionTrainer_tabular_smoke", fold=2)
     tr.num_epochs = 1
     tr.run_training()
     final = os.path.join(tr.output_folder, "checkpoint_final.pth")
     saved = torch.load(final, weights_only=False)
 
-    tr2 = make_trainer(tiny_multiphase, fold=2)
+    tr2 = make_trainer(tiny_multiphase, "EarlyFusionTrainer_tabular_smoke", fold=2)
     tr2.num_epochs = 2
     tr2.load_checkpoint(final)
     state = tr2.network.state_dict()
@@ -147,9 +165,15 @@ def test_resume_restores_heads_optimizer_and_logs(tiny_multiphase):
         assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(saved_state[i][k])) for k, v in state.items())
     assert len(tr2.logger.get_value("cls_val_auc", None)) == 1
     tr2.run_training()
-    for key in ("cls_train_losses", "cls_val_loss", "cls_val_accuracy", "train_losses"):
-        assert len(tr2.logger.get_value(key, None)) == 2
-    assert os.path.isfile(os.path.join(tr2.output_folder, "progress_classification.png"))
+    for key in ("loss_cls_train", "loss_seg_train", "loss_cls_val", "loss_seg_val", "cls_val_loss",
+                "cls_val_accuracy", "train_losses"):
+        assert len(tr2.logger.get_value(key, None)) == 2, key
+    assert os.path.isfile(os.path.join(tr2.output_folder, "progress_terms.png"))
+    stats = json.load(open(os.path.join(tr2.output_folder, "tabular_statistics.json"), encoding="utf-8"))
+    tr_keys, _ = tr2.do_split()
+    expected = tiny_metadata_tabular(tiny_multiphase, tr_keys)
+    np.testing.assert_allclose(stats["mean"], expected.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(tr2.network.cls_head.tabular_norm.std.numpy(), expected.std(0), rtol=1e-5)
 
 
 def test_metadata_travels_to_preprocessed_and_results(tiny_multiphase):
@@ -167,51 +191,36 @@ def test_metadata_travels_to_preprocessed_and_results(tiny_multiphase):
     assert endings <= {"b2nd", "pkl"}, f"unexpected files in the data folder: {endings}"
 
 
-def test_resuming_a_checkpoint_with_another_optimizer_layout_fails_clearly(tiny_multiphase):
-    tr = make_trainer(tiny_multiphase, fold=3)
-    tr.initialize()
-    path = os.path.join(tr.output_folder, "checkpoint_latest.pth")
-    tr.save_checkpoint(path)
-    ckpt = torch.load(path, weights_only=False)
-    # what an older version wrote: one SGD group for every parameter
-    sgd = torch.optim.SGD(tr.network.parameters(), 1e-2, momentum=0.99, nesterov=True)
-    ckpt["optimizer_state"] = sgd.state_dict()
-    torch.save(ckpt, path)
-    tr2 = make_trainer(tiny_multiphase, fold=3)
-    with pytest.raises(RuntimeError, match="_nnUNetSGD"):
-        tr2.load_checkpoint(path)
-    old = make_trainer(tiny_multiphase, "EarlyFusionTrainer_nnUNetSGD_smoke", fold=3)
-    old.load_checkpoint(path)  # the control trainer resumes it
-    assert len(old.optimizer.param_groups) == 1 and isinstance(old.optimizer, torch.optim.SGD)
-    state = old.network.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in ckpt["network_weights"].items())
-
-
-def test_head_settings_record_the_activation_and_old_results_folders_keep_relu(tiny_multiphase):
-    from nnunet_ext.architectures.base import PLANS_KEY, head_activation
+def test_case_settings_record_activation_lesion_labels_and_inputs(tiny_multiphase):
+    from nnunet_ext.architectures.contract import PLANS_KEY
 
     tr = make_trainer(tiny_multiphase, fold=4)
     settings = tr.plans_manager.plans[PLANS_KEY]
-    assert settings["cls_activation"] == "leaky_relu" == head_activation(settings)
-    old = {k: v for k, v in settings.items() if k != "cls_activation"}
-    assert head_activation(old) == "relu"
+    assert settings["cls_activation"] == "leaky_relu"
+    assert settings["lesion_labels"] == [2]
+    assert settings["lesion_labels_source"] == "metadata classification.lesion_labels"
+    assert settings["tabular_features"] == ["age", "marker"] and settings["text_encoder"] is None
     tr.initialize()
     assert isinstance(tr.network.cls_head.mlp[1], torch.nn.LeakyReLU)
+    assert tr.network.cls_pool_channels == [2]
 
 
 def test_the_log_says_when_declared_tabular_features_are_not_used(tiny_multiphase):
     tr = make_trainer(tiny_multiphase, fold=3)
-    assert tr.metadata.tabular_features == ["age", "marker"] and "tabular" not in tr.network_uses
+    assert tr.metadata.tabular_features == ["age", "marker"]
     tr.initialize()
+    assert "tabular" not in tr.case_uses  # images only, as STD-Net (EarlyFusionTrainer_tabular uses them)
     log = open(tr.log_file, encoding="utf-8").read()
     assert "tabular features ['age', 'marker']; EarlyFusionTrainer_smoke does not feed them to its network" in log
 
 
-@pytest.mark.parametrize("trainer, pools_with_truth", [("EarlyFusionTrainer_smoke", True),
-                                                        ("EarlyFusionTrainer_predictionPool_smoke", False)])
-def test_training_steps_pool_the_head_with_the_ground_truth_lesion(tiny_multiphase, monkeypatch, trainer,
-                                                                   pools_with_truth):
+@pytest.mark.parametrize("pools_with_truth", [True, False])
+def test_training_steps_pool_the_head_with_the_ground_truth_lesion(tiny_multiphase, monkeypatch, pools_with_truth):
     import nnunet_ext.architectures.classifying_unet as cu
+    import nnunet_ext.trainers as trainers
+
+    if not pools_with_truth:
+        monkeypatch.setattr(trainers.EarlyFusionTrainer_smoke, "head_pool_in_training", "prediction")
 
     masks = []
     pool = cu.lesion_weighted_pool
@@ -221,7 +230,7 @@ def test_training_steps_pool_the_head_with_the_ground_truth_lesion(tiny_multipha
         return pool(features, seg, channels, lesion_mask)
 
     monkeypatch.setattr(cu, "lesion_weighted_pool", spy)
-    tr = make_trainer(tiny_multiphase, trainer)
+    tr = make_trainer(tiny_multiphase)
     tr.initialize()
     assert tr.head_pool_in_training == ("truth" if pools_with_truth else "prediction")
     dl_tr, dl_val = tr.get_dataloaders()

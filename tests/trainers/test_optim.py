@@ -184,7 +184,7 @@ def test_hybrid_optimizer_trains_through_the_grad_scaler_api():
     scaler = torch.amp.GradScaler("cpu", enabled=True)
     before = [p.detach().clone() for p in net.parameters()]
     out = net(torch.randn(1, 3, 8, 8, 8), return_heads=True)
-    loss = out["seg"].float().mean() + out["cls"].float().sum()
+    loss = out.seg.float().mean() + out.cls.float().sum()
     scaler.scale(loss).backward()
     scaler.unscale_(opt)
     torch.nn.utils.clip_grad_norm_(net.parameters(), 12)

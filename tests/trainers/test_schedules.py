@@ -26,6 +26,3 @@ def test_schedule_sets_epochs_iterations_and_checkpoint_interval(name):
     assert tr.save_every == (50 if sched.save_every is None else sched.save_every)
 
 
-def test_gpu10000_is_four_times_gpu2500():
-    short, long = SCHEDULES["gpu2500"], SCHEDULES["gpu10000"]
-    assert long.num_epochs * long.iterations_per_epoch == 4 * short.num_epochs * short.iterations_per_epoch == 10000

@@ -19,7 +19,7 @@ from nnunet_ext.trainers.seeding import (
 def make_trainer(dataset, trainer="EarlyFusionTrainer_smoke", fold=0):
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from nnunet_ext.trainers.run import ensure_trainer_path
+    from nnunet_ext.paths import ensure_trainer_path
 
     ensure_trainer_path()
     return get_trainer_from_args(str(dataset["id"]), "3d_fullres", fold, trainer, "nnUNetPlans",

@@ -28,7 +28,7 @@ TINY_TEMPORAL = {"temporal_dim": 32, "temporal_depth": 2, "temporal_heads": 2}
 
 
 def _data_folders(pre: Path) -> list[str]:
-    return sorted(d.name for d in pre.iterdir() if d.is_dir() and d.name != "gt_segmentations")
+    return sorted(d.name for d in pre.iterdir() if d.is_dir() and d.name not in ("gt_segmentations", "text_embeddings"))
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +66,12 @@ def single_cpu(monkeypatch):
 def _plans_manager(pre: Path, plans_name: str):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_ext.architectures.base import PLANS_KEY, make_head_settings
-    from nnunet_ext.data.metadata import DatasetMetadata
+    from nnunet_ext.architectures.contract import PLANS_KEY
+    from nnunet_ext.planners.case_settings import make_case_settings
 
     pm = PlansManager(str(pre / f"{plans_name}.json"))
     dj = json.loads((pre / "dataset.json").read_text(encoding="utf-8"))
-    pm.plans[PLANS_KEY] = make_head_settings(DatasetMetadata.from_dataset_json(dj), ["CT"] * 3)  # as the trainer does
+    pm.plans[PLANS_KEY] = make_case_settings(dj)  # as the trainer does
     return pm
 
 
@@ -147,32 +147,40 @@ def test_variants_change_only_their_setting(dataset, trainer, expected):
     assert not net.decoder.deep_supervision
 
 
-def test_diagnostic_variants_change_only_their_suspect(dataset):
+def _with_diagnostic_trainers(monkeypatch) -> None:
+    """nnU-Net's trainer search path with the diagnostic trainers of benchmarks/trainers (as the README says)."""
+    from nnunet_ext.paths import trainer_discovery_path
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join([trainer_discovery_path(),
+                                                              str(repo / "benchmarks" / "trainers")]))
+
+
+def test_diagnostic_trainers_load_from_benchmarks_and_change_only_their_suspect(dataset, monkeypatch):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
     import nnunet_ext.trainers as trainers
 
+    _with_diagnostic_trainers(monkeypatch)
+    assert not hasattr(trainers, "STDNetTrainer_shallowTemporal")  # not part of the product
     pm = _plans_manager(dataset["pre"], TINY_PLANS)
-
-    def build(name):
-        return getattr(trainers, name).build_network_architecture(pm, pm.get_configuration("3d_fullres"), 3, 3, False)
-
-    full, fp32, shallow = build("STDNetTrainer"), build("STDNetTrainer_fp32Temporal"), build(
-        "STDNetTrainer_shallowTemporal")
-    assert fp32.temporal_fp32 and not full.temporal_fp32 and not shallow.temporal_fp32
-    assert str(fp32) == str(full)  # same modules, only the precision of their forward differs
+    full = trainers.STDNetTrainer.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 3, 3, False)
+    shallow_cls = recursive_find_trainer_class_by_name("STDNetTrainer_shallowTemporal")
+    shallow = shallow_cls.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 3, 3, False)
     assert len(full.temporal.blocks) > 1 and len(shallow.temporal.blocks) == 1
     assert (shallow.temporal.dim, shallow.temporal.heads) == (full.temporal.dim, full.temporal.heads)
     assert str(shallow.decoder) == str(full.decoder) and str(shallow.cls_head) == str(full.cls_head)
-    assert trainers.STDNetTrainer_headLR1e4.head_lr == 1e-4 and trainers.STDNetTrainer.head_lr == 3e-4
-    normed = build("STDNetTrainer_headInputNorm")
-    assert normed.cls_head.input_norm is not None and full.cls_head.input_norm is None
-    assert str(normed.temporal) == str(full.temporal) and str(normed.decoder) == str(full.decoder)
+    assert recursive_find_trainer_class_by_name("STDNetTrainer_headLR1e4").head_lr == 1e-4
+    assert trainers.STDNetTrainer.head_lr == 3e-4
+    pooled = recursive_find_trainer_class_by_name("EarlyFusionTrainer_predictionPool_gpu2500")
+    assert pooled.head_pool_in_training == "prediction" and issubclass(pooled, trainers.EarlyFusionTrainer)
 
 
 def test_trainer_toggles_deep_supervision_and_paper_loss_keeps_its_wrapper(dataset):
     from nnunetv2.run.run_training import get_trainer_from_args
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
-    from nnunet_ext.trainers.run import ensure_trainer_path
+    from nnunet_ext.paths import ensure_trainer_path
     from nnunet_ext.trainers.stdnet import DiceBCELoss
 
     ensure_trainer_path()
@@ -188,13 +196,12 @@ def test_trainer_toggles_deep_supervision_and_paper_loss_keeps_its_wrapper(datas
 
 @pytest.mark.parametrize("trainer, hybrid", [("STDNetTrainer_smoke", True), ("STDNetTrainer_nnUNetSGD_smoke", False),
                                              ("STDNetTrainer_headLR1e4_smoke", True)])
-def test_transformer_and_head_train_with_adamw_and_the_unet_with_nnunet_sgd(dataset, trainer, hybrid):
+def test_transformer_and_head_train_with_adamw_and_the_unet_with_nnunet_sgd(dataset, trainer, hybrid, monkeypatch):
     from nnunetv2.run.run_training import get_trainer_from_args
 
     from nnunet_ext.trainers.optim import HybridLRScheduler, HybridSGDAdamW
-    from nnunet_ext.trainers.run import ensure_trainer_path
 
-    ensure_trainer_path()
+    _with_diagnostic_trainers(monkeypatch)
     tr = get_trainer_from_args(str(DATASET), "3d_fullres", 0, trainer, TINY_PLANS, device=torch.device("cpu"))
     tr.initialize()
     if not hybrid:

@@ -11,51 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_ext.architectures.blocks.tabular import TabularStandardize
+
 # per-cell weight added before normalising: a patch with no predicted lesion pools (almost) uniformly
 LESION_POOL_FLOOR = 1e-4
-
-
-HEAD_INPUT_NORMS = ("none", "running")
-
-
-class RunningStandardize(nn.Module):
-    """Standardise each feature with running estimates of its mean and variance across cases, in training and in
-    evaluation alike (no batch statistics in the forward pass, so batch sizes of 1-5 are fine).
-
-    Why (a diagnostic option, not the paper's head): a LayerNorm'd CLS output is dominated by a component that is the
-    same for every case; in joint training its case-to-case spread is 2-10% of its magnitude
-    (``benchmarks/RESULTS.md``, "The stall reproduces on the CPU ..."). An MLP on such inputs sees mostly a
-    constant, and AdamW, which scales each weight's step by the gradient's running magnitude, takes small steps in
-    the directions that separate cases. Subtracting the running mean and dividing by the running standard deviation
-    brings the spread to unit scale, which is what BatchNorm does for a classifier, without its dependence on
-    nnU-Net's small batches.
-
-    In training the statistics are updated from the (detached) batch first, then applied; no gradient flows
-    through them. The first ``1 / momentum`` batches are averaged cumulatively (momentum ``max(m, 1 / n)``), then
-    exponentially. Statistics are float32 buffers (saved in checkpoints, broadcast by DDP).
-    """
-
-    def __init__(self, num_features: int, momentum: float = 0.01, eps: float = 1e-5):
-        super().__init__()
-        self.momentum, self.eps = momentum, eps
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_sq", torch.ones(num_features))  # running E[x^2]
-        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
-
-    @property
-    def running_var(self) -> torch.Tensor:
-        return (self.running_sq - self.running_mean ** 2).clamp_min(0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            with torch.no_grad():
-                xf = x.detach().float()
-                self.num_batches_tracked += 1
-                m = max(self.momentum, 1.0 / float(self.num_batches_tracked))
-                self.running_mean.lerp_(xf.mean(0), m)
-                self.running_sq.lerp_(xf.pow(2).mean(0), m)
-        mean, std = self.running_mean, (self.running_var + self.eps).sqrt()
-        return ((x.float() - mean) / std).to(x.dtype)
 
 
 HEAD_ACTIVATIONS = {"leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True), "relu": lambda: nn.ReLU(inplace=True),
@@ -70,27 +29,25 @@ class ClassificationHead(nn.Module):
     activation. LeakyReLU with nnU-Net's slope 0.01 is chosen over ReLU because a ReLU head can switch itself off for
     good: the pooled features of whole-organ patches are nearly the same for every case until the segmentation finds
     the lesions, a unit whose pre-activation turns negative for all cases gets no gradient again, and on the synthetic
-    GPU comparison STD-Net's ReLU head ended with constant logits (``benchmarks/RESULTS.md``;
-    ``benchmarks/head_optimizer_diagnostic.py`` shows the dead fraction growing). A leaky unit always passes a
+    GPU comparison STD-Net's ReLU head ended with constant logits (``benchmarks/RESULTS.md``, where a CPU probe showed
+    the fraction of dead units growing). A leaky unit always passes a
     gradient, and AdamW (which the trainers use for the head) turns even a small consistent gradient into a full-size
     step, so such a unit can come back (GELU's gradient also vanishes for strongly negative inputs).
-    ``activation="relu"`` (or ``"gelu"``) gives the other MLPs. ``input_norm="running"`` puts a
-    :class:`RunningStandardize` on the image features before the MLP (tabular features are not touched); the
-    default ``"none"`` is the paper's head.
+    ``activation="relu"`` (or ``"gelu"``) gives the other MLPs. Tabular features are standardised with the
+    training fold's statistics (:class:`~nnunet_ext.architectures.blocks.tabular.TabularStandardize`) before they are
+    concatenated.
 
-    Shapes: ``features`` (B, C), ``tabular`` (B, T) or None -> logits (B, num_classes). No softmax: the loss and
-    the predictor apply it.
+    Shapes: ``features`` (B, C), ``tabular`` (B, T) raw values or None -> logits (B, num_classes). No softmax: the
+    loss and the predictor apply it.
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 512, dropout: float = 0.3,
-                 tabular_features: int = 0, activation: str = "leaky_relu", input_norm: str = "none"):
+                 tabular_features: int = 0, activation: str = "leaky_relu"):
         super().__init__()
         if activation not in HEAD_ACTIVATIONS:
             raise ValueError(f"activation={activation!r}; choose one of {tuple(HEAD_ACTIVATIONS)}")
-        if input_norm not in HEAD_INPUT_NORMS:
-            raise ValueError(f"input_norm={input_norm!r}; choose one of {HEAD_INPUT_NORMS}")
         self.tabular_features = tabular_features
-        self.input_norm = RunningStandardize(in_features) if input_norm == "running" else None
+        self.tabular_norm = TabularStandardize(tabular_features) if tabular_features else None
         self.mlp = nn.Sequential(
             nn.Linear(in_features + tabular_features, hidden),
             HEAD_ACTIVATIONS[activation](),
@@ -98,21 +55,12 @@ class ClassificationHead(nn.Module):
             nn.Linear(hidden, num_classes),
         )
 
-    def _inputs(self, features: torch.Tensor, tabular: torch.Tensor | None) -> torch.Tensor:
-        if self.input_norm is not None:
-            features = self.input_norm(features)
-        if self.tabular_features:
+    def forward(self, features: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor:
+        if self.tabular_norm is not None:
             if tabular is None:
                 raise ValueError(f"this head was built for {self.tabular_features} tabular features; pass tabular=")
-            features = torch.cat((features, tabular.to(features.dtype)), dim=1)
-        return features
-
-    def forward(self, features: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor:
-        return self.mlp(self._inputs(features, tabular))
-
-    def hidden_activations(self, features: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, hidden) activations after the non-linearity (diagnostics)."""
-        return self.mlp[1](self.mlp[0](self._inputs(features, tabular)))
+            features = torch.cat((features, self.tabular_norm(tabular).to(features.dtype)), dim=1)
+        return self.mlp(features)
 
 
 def global_average_pool(x: torch.Tensor) -> torch.Tensor:
