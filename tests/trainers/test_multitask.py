@@ -177,9 +177,9 @@ def test_resume_restores_heads_optimizer_and_logs(tiny_multiphase):
 
 
 def test_metadata_travels_to_preprocessed_and_results(tiny_multiphase):
-    import json
-
     tr = make_trainer(tiny_multiphase, fold=2)
+    tr.on_train_start()  # nnU-Net copies dataset.json and the plans into the results folder here
+    tr.on_train_end()
     pre = json.load(open(tiny_multiphase["preprocessed"] / "dataset.json", encoding="utf-8"))
     res = json.load(open(os.path.join(tr.output_folder_base, "dataset.json"), encoding="utf-8"))
     plans = json.load(open(os.path.join(tr.output_folder_base, "plans.json"), encoding="utf-8"))
