@@ -293,6 +293,38 @@ def summarise_segmentation(rows: list[dict], methods: list[str], reference: str,
     return out
 
 
+def summarise_volume_metrics(rows: list[dict], methods: list[str], cases: list[str], structures: Sequence[str],
+                             n_boot: int = st.DEFAULT_N_BOOTSTRAP, seed: int = st.DEFAULT_SEED) -> list[dict]:
+    """The liver-tumour literature's metrics per (structure, method): mean per-case Dice, Dice Global (pooled over
+    the cases), VOE and RAVD (over the cases with a reference: RAVD is undefined without one), each with its
+    bootstrap 95% CI over cases (:mod:`nnunet_ext.metrics.segmentation`)."""
+    index = {(r["method"], r["case"], r["structure"]): r for r in rows}
+    out = []
+    for s in structures:
+        for m in methods:
+            rs = [index[(m, c, s)] for c in cases]
+            inter, pred, ref = (np.array([r[k] for r in rs], dtype=float)
+                                for k in ("intersection_voxels", "pred_voxels", "ref_voxels"))
+
+            def pooled(idx, inter=inter, pred=pred, ref=ref):
+                denom = pred[idx].sum(1) + ref[idx].sum(1)
+                return np.where(denom > 0, 2 * inter[idx].sum(1) / np.where(denom > 0, denom, 1),
+                                seg.EMPTY_BOTH_DICE)
+
+            dg = st.bootstrap(pooled, len(rs), n_boot, seed)
+            ravd = np.array([r["ravd"] for r in rs if r["ref_voxels"] > 0], dtype=float)
+            row = {"structure": s, "method": m, "n": len(rs),
+                   "dice_global": seg.dice_global(inter, pred, ref), "dice_global_ci_low": dg.low,
+                   "dice_global_ci_high": dg.high}
+            for name, values in (("dice", [r["dice"] for r in rs]), ("voe", [r["voe"] for r in rs]),
+                                 ("ravd", ravd)):
+                d = st.describe(values, n_boot, seed)
+                row.update({f"{name}_mean": d["mean"], f"{name}_ci_low": d["ci_low"], f"{name}_ci_high": d["ci_high"]})
+            row["n_ravd"] = int(ravd.size)
+            out.append(row)
+    return out
+
+
 def read_classification_csv(path: str, class_names: Sequence[str]) -> dict[str, np.ndarray]:
     """{case: (K,) probabilities} from a ``classification.csv`` with ``prob_<class>`` columns."""
     with open(path, newline="", encoding="utf-8") as f:
@@ -393,6 +425,7 @@ class BenchmarkResult:
     strata: dict[str, str]
     case_rows: list[dict]
     segmentation: list[dict]
+    volume_metrics: list[dict] = field(default_factory=list)  # Dice Global, VOE, RAVD per structure and method
     heads: dict[str, bool] = field(default_factory=dict)
     classification: dict | None = None  # class_names, cases, y, probs, reference, results, folds_by_case
     efficiency: list = field(default_factory=list)
@@ -465,6 +498,7 @@ def run_benchmark(dataset: str | int, methods: Sequence[str], reference: str = "
                           rows, summarise_segmentation(rows, names, ref_spec.name, collection.cases,
                                                        list(structures), lesion[0], strata, n_boot, seed),
                           provenance=prov, n_boot=n_boot, seed=seed)
+    res.volume_metrics = summarise_volume_metrics(rows, names, collection.cases, list(structures), n_boot, seed)
     res.heads = {m.name: model_class_names(m.folder(results_root, dataset_name)) is not None for m in specs}
 
     if metadata is not None and metadata.has_classification and any(res.heads.values()):

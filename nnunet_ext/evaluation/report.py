@@ -146,11 +146,12 @@ def _cls_rows(res) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
 def benchmark_tables(res) -> dict[str, tuple[list[dict], list[str] | None]]:
     """{file name: (rows, columns)} of every CSV a benchmark writes."""
     unit = res.small_lesion[1]
-    case_fields = ["method", "fold", "case", "structure", "dice", "hd95", "assd", "ref_voxels", "pred_voxels",
-                   "ref_volume_mm3", "pred_volume_mm3", "ref_empty", "pred_empty", f"lesion_ref_volume_{unit}",
-                   "lesion_size"]
+    case_fields = ["method", "fold", "case", "structure", "dice", "hd95", "assd", "voe", "ravd", "intersection_voxels",
+                   "ref_voxels", "pred_voxels", "ref_volume_mm3", "pred_volume_mm3", "ref_empty", "pred_empty",
+                   f"lesion_ref_volume_{unit}", "lesion_size"]
     tables = {"per_case_segmentation.csv": (res.case_rows, case_fields),
               "segmentation_summary.csv": (_seg_summary_rows(res), None),
+              "volume_metrics.csv": (res.volume_metrics, None),
               "dropped_cases.csv": (res.dropped, ["case", "missing_for", "reason"])}
     if res.classification is not None:
         per_case, summary, delong, cms = _cls_rows(res)
@@ -187,6 +188,21 @@ def _segmentation_md(res) -> list[str]:
                   md_table(["structure", "cases", "method", "n", "mean ± sd", "median [IQR]", "95% CI of mean",
                             f"Δ mean vs {res.reference} [95% CI]", "p (Wilcoxon)", "p (Holm)"], rows), ""]
     return lines
+
+
+def _volume_md(res) -> list[str]:
+    if not res.volume_metrics:
+        return []
+
+    def ci(r, k):
+        value = r[k if k == "dice_global" else f"{k}_mean"]
+        return f"{fmt(value)} [{fmt(r[k + '_ci_low'])}, {fmt(r[k + '_ci_high'])}]"
+
+    rows = [[r["structure"], r["method"], r["n"], ci(r, "dice"), ci(r, "dice_global"), ci(r, "voe"),
+             f"{ci(r, 'ravd')} (n={r['n_ravd']})"] for r in res.volume_metrics]
+    return ["### Dice Global, VOE, RAVD", "",
+            md_table(["structure", "method", "n", "mean Dice [95% CI]", "Dice Global [95% CI]", "VOE [95% CI]",
+                      "RAVD [95% CI]"], rows), ""]
 
 
 def _classification_md(res) -> list[str]:
@@ -263,7 +279,7 @@ def benchmark_markdown(res) -> str:
              f"case's total reference lesion volume: small < {thr:.4g} {UNIT_LABELS[unit]} <= large; cases: "
              f"{counts['small']} "
              f"small, {counts['large']} large, {counts['no lesion']} without lesion", ""]
-    lines += [f"## Segmentation ({len(res.cases)} cases)", ""] + _segmentation_md(res)
+    lines += [f"## Segmentation ({len(res.cases)} cases)", ""] + _segmentation_md(res) + _volume_md(res)
     lines += ["Figures: dice_violin.png, hd95_violin.png, dice_by_lesion_size.png, hd95_by_lesion_size.png.", ""]
     if res.classification is not None:
         lines += ["## Classification", ""] + _classification_md(res)
@@ -280,7 +296,9 @@ def benchmark_markdown(res) -> str:
     if res.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in res.notes] + [""]
     lines += ["## Methods", "",
-              f"- **Dice**; both masks empty: {EMPTY_BOTH_DICE:g}; one empty: 0.",
+              f"- **Dice**; both masks empty: {EMPTY_BOTH_DICE:g}; one empty: 0. **Dice Global**: one Dice over all "
+              "cases pooled (2 sum |P&R| / sum (|P|+|R|)), weighting cases by size. **VOE** 1 - |P&R|/|P|R| (both "
+              "empty: 0). **RAVD** ||P|-|R||/|R|, over the cases with a reference.",
               "- **HD95**: max of the two directed 95th percentiles of the surface distances (MONAI/DeepMind "
               "definition); **ASSD**: mean of both directions' distances pooled. Surfaces are the border voxels "
               "(face-connected erosion), distances exact Euclidean in mm with the image spacing. Both empty: 0 mm; "

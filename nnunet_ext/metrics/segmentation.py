@@ -17,21 +17,29 @@ in mm in the same axis order, e.g. (z, y, x) for arrays read with SimpleITK):
   take the 95th percentile of the pooled distances; that gives slightly different numbers.
 * **ASSD** ``(sum d(P->R) + sum d(R->P)) / (|dP| + |dR|)``: the mean over both directions' distances pooled
   (Heimann et al., IEEE TMI 28:1251, 2009; MONAI ``compute_average_surface_distance(symmetric=True)``).
+* **VOE** (volumetric overlap error) ``1 - |P & R| / |P | R|``, and **RAVD** (relative absolute volume difference)
+  ``| |P| - |R| | / |R|``, the volume metrics of the liver-tumour literature (Heimann et al. 2009; the LiTS
+  benchmark, Bilic et al., Medical Image Analysis 84:102680, 2023; TexLiverNet, arXiv 2411.04595, reports them).
+* **Dice Global** ``2 sum_cases |P & R| / sum_cases (|P| + |R|)``: one Dice over all cases pooled (LiTS' "Dice
+  global"), which weighs cases by their lesion size, unlike the mean of per-case Dice: :func:`dice_global`.
 
 Empty-mask conventions (one rule for every structure, so per-case scores are always finite and paired tests use
 every case):
 
-=====================  ======  ================================  ================================
-case                   Dice    HD95                              ASSD
-=====================  ======  ================================  ================================
-both empty             1.0     0 mm                              0 mm
-exactly one empty      0.0     the image diagonal in mm          the image diagonal in mm
-=====================  ======  ================================  ================================
+=====================  ======  ========================  ========================  =====  ===================
+case                   Dice    HD95                      ASSD                      VOE    RAVD
+=====================  ======  ========================  ========================  =====  ===================
+both empty             1.0     0 mm                      0 mm                      0      0
+reference empty only   0.0     the image diagonal (mm)   the image diagonal (mm)   1      NaN (undefined)
+prediction empty only  0.0     the image diagonal (mm)   the image diagonal (mm)   1      1
+=====================  ======  ========================  ========================  =====  ===================
 
 "Both empty" is a correct negative (nothing to find, nothing found). "One empty" is a complete miss or a pure false
 positive; its distance is undefined, so it gets the largest distance possible inside the image
 (``sqrt(sum(((shape - 1) * spacing)**2))``), the convention of the BraTS challenges (which use the diagonal of their
 fixed volume, 373.13 mm). Reports state how many cases fell under each rule (columns ``ref_empty``/``pred_empty``).
+RAVD divides by the reference volume, so it is undefined for a case without reference lesion: its mean is taken
+over the cases with one, and the count is reported.
 """
 
 from __future__ import annotations
@@ -55,6 +63,9 @@ class SegmentationScores:
     dice: float
     hd95: float
     assd: float
+    voe: float
+    ravd: float
+    intersection_voxels: int
     ref_voxels: int
     pred_voxels: int
     ref_volume_mm3: float
@@ -79,6 +90,32 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     if denom == 0:
         return EMPTY_BOTH_DICE
     return 2.0 * int(np.logical_and(p, r).sum()) / denom
+
+
+def voe(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Volumetric overlap error ``1 - |P & R| / |P | R|`` of two boolean masks; 0 when both are empty."""
+    p, r = np.asarray(pred, bool), np.asarray(ref, bool)
+    _check_shapes(p, r)
+    union = int(np.logical_or(p, r).sum())
+    return 0.0 if union == 0 else 1.0 - int(np.logical_and(p, r).sum()) / union
+
+
+def ravd(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Relative absolute volume difference ``| |P| - |R| | / |R|``; 0 when both are empty, NaN when only the
+    reference is (undefined)."""
+    p, r = np.asarray(pred, bool), np.asarray(ref, bool)
+    _check_shapes(p, r)
+    n_p, n_r = int(p.sum()), int(r.sum())
+    if n_r == 0:
+        return 0.0 if n_p == 0 else math.nan
+    return abs(n_p - n_r) / n_r
+
+
+def dice_global(intersections: Sequence[int], pred_sizes: Sequence[int], ref_sizes: Sequence[int]) -> float:
+    """Dice over all cases pooled, ``2 sum |P & R| / sum (|P| + |R|)``, from per-case voxel counts; 1.0 when every
+    case is empty in both."""
+    denom = float(np.sum(pred_sizes, dtype=np.float64) + np.sum(ref_sizes, dtype=np.float64))
+    return EMPTY_BOTH_DICE if denom == 0 else 2.0 * float(np.sum(intersections, dtype=np.float64)) / denom
 
 
 def surface_voxels(mask: np.ndarray) -> np.ndarray:
@@ -136,13 +173,14 @@ def hd95_assd(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], perce
 
 
 def segmentation_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> SegmentationScores:
-    """Dice, HD95, ASSD and volumes of one structure: boolean masks (*spatial) and voxel spacing in mm."""
+    """Dice, HD95, ASSD, VOE, RAVD and volumes of one structure: boolean masks (*spatial), voxel spacing in mm."""
     p, r = np.asarray(pred, bool), np.asarray(ref, bool)
     _check_shapes(p, r)
     voxel_mm3 = float(np.prod(np.asarray(spacing, dtype=float)))
     hd, assd = hd95_assd(p, r, spacing)
     n_p, n_r = int(p.sum()), int(r.sum())
-    return SegmentationScores(dice=dice(p, r), hd95=hd, assd=assd, ref_voxels=n_r, pred_voxels=n_p,
+    return SegmentationScores(dice=dice(p, r), hd95=hd, assd=assd, voe=voe(p, r), ravd=ravd(p, r),
+                              intersection_voxels=int(np.logical_and(p, r).sum()), ref_voxels=n_r, pred_voxels=n_p,
                               ref_volume_mm3=n_r * voxel_mm3, pred_volume_mm3=n_p * voxel_mm3,
                               ref_empty=n_r == 0, pred_empty=n_p == 0)
 

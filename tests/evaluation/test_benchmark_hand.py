@@ -173,7 +173,8 @@ def test_parallel_metrics_equal_serial(hand_tree, tmp_path):
     serial = run_benchmark(971, ["TrainerB"], output_folder=str(tmp_path / "s"), num_processes=1, **kw)
     parallel = run_benchmark(971, ["TrainerB"], output_folder=str(tmp_path / "p"), num_processes=2, **kw)
     key = lambda r: (r["method"], r["case"], r["structure"])  # noqa: E731
-    assert sorted(serial.case_rows, key=key) == sorted(parallel.case_rows, key=key)
+    comparable = lambda rows: [json.dumps(r, sort_keys=True) for r in sorted(rows, key=key)]  # noqa: E731  NaN-safe
+    assert comparable(serial.case_rows) == comparable(parallel.case_rows)
 
 
 def test_full_model_ablation_and_efficiency_without_plans(hand_tree, tmp_path):
@@ -237,3 +238,29 @@ def test_no_common_case(nnunet_dirs, tmp_path):
         f.rename(f.with_name("other_" + f.name))
     with pytest.raises(BenchmarkError, match="no case was predicted by every method"):
         run_benchmark(973, ["TrainerB"], reference="TrainerA", output_folder=str(tmp_path), efficiency=False)
+
+
+def test_dice_global_voe_and_ravd_by_hand(hand_tree, tmp_path):
+    """The liver-tumour literature's metrics on the same cases, lesion structure:
+    TrainerA: c1 pred 3 / ref 2 / overlap 2 -> VOE 1 - 2/3, RAVD 1/2; c2 both empty -> VOE 0, no RAVD; c3 perfect.
+    Dice Global = 2 (2 + 0 + 4) / ((3 + 0 + 4) + (2 + 0 + 4)) = 12/13.
+    TrainerB: c1 disjoint -> VOE 1, RAVD 0 (same size); c2 a false positive, no reference -> VOE 1, RAVD undefined;
+    c3 2 of 4 -> VOE 1/2, RAVD 1/2. Dice Global = 2 (0 + 0 + 2) / ((2 + 1 + 2) + (2 + 0 + 4)) = 4/11."""
+    res = run_benchmark(971, ["TrainerB"], reference="TrainerA", output_folder=str(tmp_path / "bench"),
+                        efficiency=False, n_boot=200, command="hand")
+    rows = {(r["method"], r["case"]): r for r in res.case_rows if r["structure"] == "lesion"}
+    assert [rows[("TrainerA", c)]["voe"] for c in ("c1", "c2", "c3")] == pytest.approx([1 / 3, 0.0, 0.0])
+    assert [rows[("TrainerB", c)]["voe"] for c in ("c1", "c2", "c3")] == pytest.approx([1.0, 1.0, 0.5])
+    assert rows[("TrainerA", "c1")]["ravd"] == pytest.approx(0.5) and math.isnan(rows[("TrainerB", "c2")]["ravd"])
+    summary = {(r["method"], r["structure"]): r for r in res.volume_metrics}
+    a, b = summary[("TrainerA", "lesion")], summary[("TrainerB", "lesion")]
+    assert a["dice_global"] == pytest.approx(12 / 13) and b["dice_global"] == pytest.approx(4 / 11)
+    assert a["dice_global_ci_low"] <= a["dice_global"] <= a["dice_global_ci_high"]
+    assert a["dice_mean"] == pytest.approx(np.mean([0.8, 1.0, 1.0]))
+    assert a["voe_mean"] == pytest.approx(1 / 9) and b["voe_mean"] == pytest.approx(5 / 6)
+    assert (a["ravd_mean"], a["n_ravd"]) == (pytest.approx(0.25), 2) and (b["ravd_mean"], b["n_ravd"]) == (
+        pytest.approx(0.25), 2)
+    report = (tmp_path / "bench" / "report.md").read_text(encoding="utf-8")
+    assert "### Dice Global, VOE, RAVD" in report and "0.923" in report  # 12/13
+    with open(tmp_path / "bench" / "volume_metrics.csv", newline="", encoding="utf-8") as f:
+        assert {r["method"] for r in csv.DictReader(f)} == {"TrainerA", "TrainerB"}

@@ -124,6 +124,24 @@ def test_empty_mask_conventions(name, pred, ref, dice, distance):
     assert s.hd95 == pytest.approx(expected)
     assert s.assd == pytest.approx(expected)
     assert (s.ref_empty, s.pred_empty) == (not ref.any(), not pred.any())
+    assert s.voe == (0.0 if name == "both empty" else 1.0)
+    if name == "empty reference":
+        assert math.isnan(s.ravd)  # undefined: divided by the reference volume
+    else:
+        assert s.ravd == (0.0 if name == "both empty" else 1.0)
+
+
+def test_voe_ravd_and_dice_global_by_hand():
+    ref = np.zeros((1, 4, 4), bool)
+    ref[0, :2, :2] = True  # 4 voxels
+    pred = np.zeros((1, 4, 4), bool)
+    pred[0, :2, :3] = True  # 6 voxels, 4 of them in the reference
+    assert seg.voe(pred, ref) == pytest.approx(1 - 4 / 6)
+    assert seg.ravd(pred, ref) == pytest.approx(2 / 4)
+    assert seg.dice(pred, ref) == pytest.approx(8 / 10)
+    # pooled over cases: a small perfect case and a large half-found one
+    assert seg.dice_global([1, 50], [1, 50], [1, 100]) == pytest.approx(2 * 51 / (51 + 101))
+    assert seg.dice_global([0], [0], [0]) == 1.0
 
 
 def test_identical_single_voxel_and_full_border_masks():
