@@ -74,7 +74,7 @@ def test_different_preprocessing_gets_its_own_data_identifier(planned):
 
 
 def test_same_preprocessing_compares_what_defines_the_data(planned):
-    from nnunet_ext.planners.stdnet import same_preprocessing
+    from nnunet_ext.planners.sharing import same_preprocessing
 
     plans = _load(planned, "nnUNetPlans")
     cfg = plans["configurations"]["3d_fullres"]
