@@ -216,15 +216,46 @@ def _check_training_inputs(args) -> None:
         raise CommandError(f"configuration {args.c!r} of {name} was planned but not preprocessed ({data_folder} "
                            f"{'is empty' if os.path.isdir(data_folder) else 'does not exist'}). Fix: run `nnunet-ext "
                            f"plan-and-preprocess -d {args.d}{pl_flag} -c {args.c}`, then train again.")
+    _check_preprocessing_complete(folder, data_folder, f"nnunet-ext plan-and-preprocess -d {args.d}{pl_flag} -c "
+                                                       f"{args.c}")
     _find_trainer(args.tr)
 
 
-def _train(args) -> None:
-    from nnunet_ext.trainers.run import train
+def _check_preprocessing_complete(pre_folder: str, data_folder: str, command: str) -> None:
+    """Every case of the split and of the metadata has preprocessed data; otherwise preprocessing was interrupted
+    (or ran on another set of cases) and the fix is to run it again, not to edit case ids."""
+    import json
 
+    from nnunet_ext.data.metadata import METADATA_KEY
+    from nnunet_ext.data.splits import SPLITS_FILE
+
+    have = {f[:-len(".pkl")] for f in os.listdir(data_folder) if f.endswith(".pkl")}
+    expected: set[str] = set()
+    splits = os.path.join(pre_folder, SPLITS_FILE)
+    if os.path.isfile(splits):
+        with open(splits, encoding="utf-8") as f:
+            expected |= {str(k) for fold in json.load(f) for part in ("train", "val") for k in fold.get(part, [])}
+    dj_path = os.path.join(pre_folder, "dataset.json")
+    if os.path.isfile(dj_path):
+        with open(dj_path, encoding="utf-8") as f:
+            block = json.load(f).get(METADATA_KEY) or {}
+        expected |= {str(k) for k in (block.get("cases") or {})}
+    missing = sorted(expected - have)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+        raise CommandError(f"{len(missing)} case(s) of the split / metadata have no preprocessed data in {data_folder}"
+                           f" ({shown}): preprocessing was interrupted, or ran on another set of cases. Fix: rerun "
+                           f"`{command}` (add --clean if the raw cases changed since).")
+
+
+def _train(args) -> None:
+    from nnunet_ext.trainers.run import torch_device, train
+
+    torch_device(args.device)  # before any other check: a missing GPU is named, not torch's traceback
     _check_training_inputs(args)
     train(args.d, args.c, args.f, args.tr, args.p, device=args.device, continue_training=args.c_continue,
-          only_validation=args.val)
+          only_validation=args.val, pretrained_weights=args.pretrained_weights,
+          trust_checkpoint=args.trust_checkpoint)
 
 
 def check_model_folds(model: str, folds: list | None, checkpoint: str) -> None:
@@ -260,7 +291,7 @@ def _predict(args) -> None:
     model, folds = _model_and_folds(args)
     predict(args.i, args.o, model, folds, args.chk, args.step_size, args.disable_tta, args.device, args.npp,
             args.nps, args.save_probabilities, args.verbose, texts=args.texts, tabular=args.tabular,
-            allow_missing_text=args.allow_missing_text)
+            allow_missing_text=args.allow_missing_text, trust_checkpoint=args.trust_checkpoint)
     print(f"Predictions written to {args.o}")
 
 
@@ -269,7 +300,8 @@ def _attention(args) -> None:
 
     model, folds = _model_and_folds(args)
     rows = phase_attention(args.i, args.o, model, folds, args.chk, args.step_size, args.device, args.s, args.layer,
-                           args.min_lesion_voxels, args.save_maps, not args.no_plot)
+                           args.min_lesion_voxels, args.save_maps, not args.no_plot,
+                           trust_checkpoint=args.trust_checkpoint)
     print(f"Attention over phases of {len(rows)} lesion(s) written to {args.o}")
 
 
@@ -291,6 +323,13 @@ def _add_model_input_args(p, trainer: str, plans: str) -> None:
     p.add_argument("-f", nargs="+", type=fold_arg, default=None, help="folds to ensemble (default: all found)")
     p.add_argument("-chk", default="checkpoint_final.pth")
     p.add_argument("-step_size", type=float, default=0.5)
+    _add_trust_arg(p)
+
+
+def _add_trust_arg(p) -> None:
+    p.add_argument("--trust-checkpoint", dest="trust_checkpoint", action="store_true",
+                   help="load checkpoints that need unsafe unpickling (they can run code): only for files from a "
+                        "trusted source; checkpoints of nnU-Net and nnunet-ext load safely without it")
 
 
 def add_parser(sub) -> None:
@@ -332,6 +371,9 @@ def add_parser(sub) -> None:
     p.add_argument("-device", default=_default_device())
     p.add_argument("--c", dest="c_continue", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--val", action="store_true", help="only run the final validation")
+    p.add_argument("-pretrained_weights", default=None,
+                   help="nnU-Net checkpoint to initialise the network from (read with the safe loader)")
+    _add_trust_arg(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="nnUNetv2_predict plus classification.csv / classification.json")

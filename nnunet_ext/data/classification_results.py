@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
+from nnunet_ext.data.files import match_open_mode
 from nnunet_ext.data.metadata import UNLABELED, save_json_atomic
 from nnunet_ext.metrics.classification import classification_summary
 
@@ -37,8 +39,8 @@ def write_classification_outputs(folder: str, case_ids: Sequence[str], probs: np
     header = ["case_id", "predicted_class"] + [f"prob_{c}" for c in class_names]
     if targets is not None:
         header.append("true_class")
-    tmp = os.path.join(folder, ".classification.csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    fd, tmp = tempfile.mkstemp(prefix=".classification.csv.", suffix=".tmp", dir=folder)  # unique per writer
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         for i, k in enumerate(case_ids):
@@ -46,6 +48,7 @@ def write_classification_outputs(folder: str, case_ids: Sequence[str], probs: np
             if targets is not None:
                 row.append("" if targets[i] == UNLABELED else class_names[targets[i]])
             w.writerow(row)
+    match_open_mode(tmp, os.path.join(folder, "classification.csv"))
     os.replace(tmp, os.path.join(folder, "classification.csv"))
     save_json_atomic({k: {"predicted_class": class_names[pred[i]],
                           "probabilities": dict(zip(class_names, map(float, probs[i])))}

@@ -234,8 +234,20 @@ def _fmt_ids(ids: list[str], limit: int = 20) -> str:
 
 
 def _channel_names(dataset_json: Mapping) -> list[str]:
-    ch = dataset_json.get("channel_names", dataset_json.get("modality", {}))
-    return [str(ch[k]) for k in sorted(ch, key=lambda x: int(x))]
+    """The channel names in channel order; keys that are not the channel indices 0..N-1 raise a
+    :class:`MetadataError` (nnU-Net maps the keys to the files' _XXXX suffixes)."""
+    key = "channel_names" if "channel_names" in dataset_json else "modality"
+    ch = dataset_json.get(key, {})
+    if not isinstance(ch, Mapping):
+        raise MetadataError(f'dataset.json "{key}" must be an object {{"0": "CT", "1": ...}}, got '
+                            f"{type(ch).__name__}. Fix: key each channel's name by its index.")
+    keys = [str(k).strip() for k in ch]
+    if not all(k.isdigit() for k in keys) or sorted(int(k) for k in keys) != list(range(len(keys))):
+        raise MetadataError(f'dataset.json "{key}" keys must be the channel indices "0" to "{len(keys) - 1}" (the '
+                            f"_0000, _0001, ... suffixes of the image files); found {list(ch)}. Fix: key each "
+                            'channel by its index, e.g. {"0": "CT", "1": "CT"}, and put phase names into the '
+                            "nnunet_ext phases block.")
+    return [str(ch[k]) for k in sorted(ch, key=lambda x: int(str(x).strip()))]
 
 
 def _parse_classification(cls_block, dataset_json, problems) -> tuple[list[str] | None, list[int] | None]:
@@ -383,12 +395,16 @@ def load_dataset_json(path: str) -> dict:
 
 
 def save_json_atomic(obj: Any, path: str) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so a crash never leaves a half-written file."""
+    """Write JSON to ``path`` through a temporary file and a rename, so a crash never leaves a half-written file. The
+    file gets the mode a plain ``open`` would give it (the umask, or the replaced file's mode)."""
+    from nnunet_ext.data.files import match_open_mode
+
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False)
+        match_open_mode(tmp, path)  # mkstemp's 0600 would make the file private on shared storage
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -149,7 +149,7 @@ def resolve_inputs(input_path: str, labels_path: str | None, model_dataset_json:
 # --------------------------------------------------------------------------- prediction
 def predict_in_process(model_folder: str, folds, items: list[tuple[str, list[str]]], output_folder: str,
                        device: str = "cpu", checkpoint_name: str = "checkpoint_final.pth",
-                       disable_tta: bool = False) -> dict[str, np.ndarray]:
+                       disable_tta: bool = False, trust_checkpoint: bool | None = None) -> dict[str, np.ndarray]:
     """Predict every ``(name, image files)`` item with nnU-Net's predictor, preprocessing in this process; writes
     ``<output_folder>/<name><ending>`` and returns {name: class probabilities (K,)} (empty without a head)."""
     import torch
@@ -161,7 +161,8 @@ def predict_in_process(model_folder: str, folds, items: list[tuple[str, list[str
     dev = torch.device(device)
     predictor = ClassifyingPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=not disable_tta,
                                      perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
-                                     verbose_preprocessing=False, allow_tqdm=False)
+                                     verbose_preprocessing=False, allow_tqdm=False,
+                                     trust_checkpoint=trust_checkpoint)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
     if predictor.uses:
         raise RobustnessError(f"{model_folder}: this model's network consumes case inputs ({list(predictor.uses)}), "
@@ -252,10 +253,12 @@ def run_robustness(dataset: str | int | None, trainer: str, input_path: str, out
                    seed: int = 0, device: str = "cpu", fix_reference_phase: bool = False,
                    checkpoint_name: str = "checkpoint_final.pth", disable_tta: bool = False,
                    n_boot: int = st.DEFAULT_N_BOOTSTRAP, command: str | None = None,
-                   model_folder: str | None = None, cases: list[str] | None = None) -> dict:
+                   model_folder: str | None = None, cases: list[str] | None = None,
+                   trust_checkpoint: bool | None = None) -> dict:
     """Run the experiment of the module docstring and write robustness.md, CSVs and robustness.png into
     ``output_folder`` (``cases``: evaluate only these case ids). Returns the summary dict (also saved as
-    robustness_summary.json)."""
+    robustness_summary.json). Checkpoints load through the safe loader; ``trust_checkpoint`` (None: the
+    ``nnUNet_ext_trust_checkpoint`` variable) accepts one that needs unsafe unpickling."""
     import torch
 
     from nnunet_ext.data.metadata import load_dataset_json, save_json_atomic
@@ -302,7 +305,8 @@ def run_robustness(dataset: str | int | None, trainer: str, input_path: str, out
                                                          noise_std, ref_phase)
         pred_folder = os.path.join(tmp, "predictions")
         os.makedirs(pred_folder)
-        probs = predict_in_process(model_folder, folds, items, pred_folder, device, checkpoint_name, disable_tta)
+        probs = predict_in_process(model_folder, folds, items, pred_folder, device, checkpoint_name, disable_tta,
+                                   trust_checkpoint)
         dice_rows = score_predictions(inputs, pred_folder, structures, repeats)
     summary = summarise(dice_rows, probs, inputs, structures, repeats, n_boot, seed)
     summary.update({"provenance": prov, "model_folder": model_folder, "folds": folds,

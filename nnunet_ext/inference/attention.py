@@ -319,7 +319,7 @@ def write_tables(output_folder: str, rows: list[dict], meta: dict) -> None:
 def phase_attention(input_folder: str, output_folder: str, model_folder: str, folds=None,
                     checkpoint_name: str = "checkpoint_final.pth", step_size: float = 0.5, device: str = "cpu",
                     reference_folder: str | None = None, layer: int = -1, min_lesion_voxels: int = 10,
-                    save_maps: bool = False, plot: bool = True) -> list[dict]:
+                    save_maps: bool = False, plot: bool = True, trust_checkpoint: bool | None = None) -> list[dict]:
     """Per-lesion attention over phases for every case of ``input_folder`` (module docstring); returns the new rows."""
     from nnunet_ext.data.metadata import load_dataset_json
     from nnunet_ext.inference.predictor import ClassifyingPredictor
@@ -333,7 +333,8 @@ def phase_attention(input_folder: str, output_folder: str, model_folder: str, fo
     dev = torch_device(device)
     predictor = ClassifyingPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=False,
                                      perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
-                                     verbose_preprocessing=False, allow_tqdm=False)
+                                     verbose_preprocessing=False, allow_tqdm=False,
+                                     trust_checkpoint=trust_checkpoint)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
     net = attention_network(predictor).to(dev).eval()
     depth = len(net.temporal.blocks)

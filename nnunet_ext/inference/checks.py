@@ -49,11 +49,11 @@ def require_finite(data: torch.Tensor, case: str) -> None:
 
 
 def torch_device(device: str) -> torch.device:
-    """``-device`` as a torch device; asking for CUDA on a machine without it is an error with the fix."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("-device cuda was requested but no CUDA device is available. Fix: pass -device cpu.")
-    return dev
+    """``-device`` as a torch device; asking for CUDA on a machine without it is an error with the fix (the check
+    ``nnunet-ext train`` runs too: :func:`nnunet_ext.trainers.run.torch_device`)."""
+    from nnunet_ext.trainers.run import torch_device as checked_device
+
+    return checked_device(device)
 
 
 def check_case_files(files: list[str], case: str, names: list[str]) -> None:

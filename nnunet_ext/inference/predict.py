@@ -8,15 +8,22 @@ import numpy as np
 
 from nnunet_ext.data.metadata import load_dataset_json
 from nnunet_ext.inference.checks import InputError, check_input_folder, torch_device  # noqa: F401  (re-exported)
+from nnunet_ext.inference.outputs import earlier_classifications  # noqa: F401  (re-exported)
 
 
 def predict(input_folder: str, output_folder: str, model_folder: str, folds=None,
             checkpoint_name: str = "checkpoint_final.pth", step_size: float = 0.5, disable_tta: bool = False,
             device: str = "cuda", num_processes_preprocessing: int = 2, num_processes_export: int = 2,
             save_probabilities: bool = False, verbose: bool = False, texts: str | None = None,
-            tabular: str | None = None, allow_missing_text: bool = False) -> dict | None:
+            tabular: str | None = None, allow_missing_text: bool = False,
+            trust_checkpoint: bool | None = None) -> dict | None:
     """Segment every case of ``input_folder`` and, for models with a class head, write ``classification.csv`` and
     ``classification.json`` into ``output_folder``. Returns {case_id: probabilities} (None without a head).
+
+    Checkpoints load through the safe loader (:mod:`nnunet_ext.data.checkpoints`); ``trust_checkpoint`` accepts one
+    that needs unsafe unpickling. ``output_folder`` must not be ``input_folder`` and must not hold results of another
+    model; rows of cases predicted before by the same model stay, and parallel runs into one folder merge their rows
+    under a lock (:mod:`nnunet_ext.inference.outputs`).
 
     ``texts`` / ``tabular``: CSV or JSON files keyed by case id (:func:`~nnunet_ext.data.case_inputs.read_texts`,
     :func:`~nnunet_ext.data.case_inputs.read_tabular`) for models whose network consumes them. Every case must have
@@ -24,29 +31,35 @@ def predict(input_folder: str, output_folder: str, model_folder: str, folds=None
     ``allow_missing_text``. Texts are embedded with the encoder recorded in the model folder. Everything is checked
     before the first case runs.
     """
-    from nnunet_ext.data.classification_results import write_classification_outputs
+    from nnunet_ext.inference.outputs import check_output_folder, merge_classifications, model_identity, write_record
     from nnunet_ext.inference.predictor import ClassifyingPredictor
     from nnunet_ext.paths import ensure_trainer_path
 
     ensure_trainer_path()  # nnU-Net finds the trainer class of the model by name on this path
     dataset_json = load_dataset_json(os.path.join(model_folder, "dataset.json"))
+    identity = model_identity(model_folder, folds, checkpoint_name)
+    check_output_folder(input_folder, output_folder, model_folder, identity)
     cases = check_input_folder(input_folder, dataset_json)
     dev = torch_device(device)
     predictor = ClassifyingPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
                                      perform_everything_on_device=dev.type == "cuda", device=dev, verbose=verbose,
-                                     verbose_preprocessing=verbose, allow_tqdm=True)
+                                     verbose_preprocessing=verbose, allow_tqdm=True,
+                                     trust_checkpoint=trust_checkpoint)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
     predictor.case_inputs = prediction_case_inputs(predictor, cases, texts, tabular, allow_missing_text)
-    os.makedirs(output_folder, exist_ok=True)
+    if predictor.has_classification:  # a classification.json of other classes is refused before any case runs
+        earlier_classifications(output_folder, predictor.class_names)
+    write_record(output_folder, identity)
     predictor.predict_from_files(input_folder, output_folder, save_probabilities=save_probabilities, overwrite=True,
                                  num_processes_preprocessing=num_processes_preprocessing,
                                  num_processes_segmentation_export=num_processes_export)
     if not predictor.has_classification:
         return None
     new = {k: np.asarray(v, dtype=float) for k, v in predictor.case_probabilities.items()}
-    merged = {**earlier_classifications(output_folder, predictor.class_names, exclude=new), **new}
-    ids = sorted(merged)
-    write_classification_outputs(output_folder, ids, np.stack([merged[k] for k in ids]), predictor.class_names)
+    kept = merge_classifications(output_folder, new, predictor.class_names)
+    if kept:
+        print(f"classification.csv/.json: kept the {kept} case(s) already in {output_folder} that were not predicted "
+              "again")
     return new
 
 
@@ -109,32 +122,6 @@ def embed_texts(settings: dict, texts: dict[str, str]) -> dict:
     ids = sorted(texts)
     tokens, mask = encoder.encode([texts[k] for k in ids])
     return {k: (tokens[i], mask[i]) for i, k in enumerate(ids)}
-
-
-def earlier_classifications(output_folder: str, class_names, exclude=()) -> dict[str, np.ndarray]:
-    """Probabilities already in ``output_folder/classification.json`` for cases not predicted again, so that
-    predicting more cases into a folder adds rows instead of dropping those written before (their segmentations stay
-    in the folder too). A file of another model (other classes) is an error rather than a silent mix."""
-    import json
-
-    path = os.path.join(output_folder, "classification.json")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
-        kept = {k: v["probabilities"] for k, v in old.items() if k not in exclude}
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise InputError(f"{path} exists but is not a classification.json written by nnunet-ext ({e}). Fix: move it "
-                         "away or choose another output folder (-o).") from e
-    other = sorted(k for k, p in kept.items() if list(p) != list(class_names))
-    if other:
-        raise InputError(f"{path} holds results for other classes than this model's {list(class_names)} (e.g. case "
-                         f"{other[0]!r}: {list(kept[other[0]])}). Fix: choose another output folder (-o).")
-    if kept:
-        print(f"classification.csv/.json: keeping the {len(kept)} case(s) already in {output_folder} that were not "
-              "predicted again")
-    return {k: np.array([float(p[c]) for c in class_names]) for k, p in kept.items()}
 
 
 def model_folder_from_args(dataset: str, trainer: str, plans: str, configuration: str) -> str:

@@ -5,6 +5,9 @@ For a model trained with an nnunet-ext trainer the network is wrapped in a
 before each case it is bound to that case's inputs (tabular features, text embeddings: :attr:`case_inputs`), and
 it records the class votes of every network call, aggregated per case as its docstring says (lesion-weighted patch
 votes, fold passes averaged). Models of vanilla nnU-Net run through nnU-Net's predictor unchanged.
+
+Checkpoints are read with :func:`nnunet_ext.data.checkpoints.load_checkpoint` (``weights_only=True``) instead of
+nnU-Net's ``torch.load(weights_only=False)``: a model folder from a stranger cannot run code while it is loaded.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ class ClassifyingPredictor(nnUNetPredictor):
 
     min_lesion_voxels: float = 1.0
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, trust_checkpoint: bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.trust_checkpoint = trust_checkpoint  # None: as nnUNet_ext_trust_checkpoint says
         self.case_probabilities: dict[str, np.ndarray] = {}
         self.case_inputs = CaseInputs()
         self.binding: CaseBoundNetwork | None = None
@@ -71,9 +75,52 @@ class ClassifyingPredictor(nnUNetPredictor):
                                             min_lesion_voxels=self.min_lesion_voxels)
             self.network = self.binding
 
-    def initialize_from_trained_model_folder(self, *args, **kwargs):
-        super().initialize_from_trained_model_folder(*args, **kwargs)
-        self._bind_network()
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
+                                             checkpoint_name: str = "checkpoint_final.pth"):
+        """nnU-Net's method, with the checkpoints read by the safe loader (module docstring): the trainer class
+        named in the first fold's checkpoint rebuilds the network, which gets the first fold's weights; then the
+        network is bound for case inputs and class votes."""
+        import inspect
+
+        from batchgenerators.utilities.file_and_folder_operations import load_json
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from nnunet_ext.data.checkpoints import load_checkpoint
+
+        if use_folds is None:
+            use_folds = self.auto_detect_available_folds(model_training_output_dir, checkpoint_name)
+        if isinstance(use_folds, str):
+            use_folds = [use_folds]
+        dataset_json = load_json(os.path.join(model_training_output_dir, "dataset.json"))
+        plans_manager = PlansManager(load_json(os.path.join(model_training_output_dir, "plans.json")))
+        parameters = []
+        for i, f in enumerate(use_folds):
+            f = int(f) if f != "all" else f
+            checkpoint = load_checkpoint(os.path.join(model_training_output_dir, f"fold_{f}", checkpoint_name),
+                                         map_location="cpu", trust=self.trust_checkpoint)
+            if i == 0:
+                trainer_name = checkpoint["trainer_name"]
+                configuration_name = checkpoint["init_args"]["configuration"]
+                mirroring = checkpoint.get("inference_allowed_mirroring_axes")
+            parameters.append(checkpoint["network_weights"])
+        configuration_manager = plans_manager.get_configuration(configuration_name)
+        num_input_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+        trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+        num_output_channels = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+        if "plans_manager" in inspect.signature(trainer_class.build_network_architecture).parameters:
+            network = trainer_class.build_network_architecture(plans_manager, configuration_manager,
+                                                               num_input_channels, num_output_channels,
+                                                               enable_deep_supervision=False)
+        else:  # the signature before nnU-Net 2.7
+            network = trainer_class.build_network_architecture(
+                configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
+                configuration_manager.network_arch_init_kwargs_req_import, num_input_channels, num_output_channels,
+                enable_deep_supervision=False)
+        network.load_state_dict(parameters[0])  # as nnU-Net does (its issue 2520)
+        self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
+                                   trainer_name, mirroring)
 
     def manual_initialization(self, *args, **kwargs):
         super().manual_initialization(*args, **kwargs)

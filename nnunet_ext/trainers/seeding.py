@@ -29,6 +29,8 @@ import random
 import numpy as np
 import torch
 
+from nnunet_ext.data.checkpoints import load_checkpoint
+
 SEED_ENV = "nnUNet_ext_seed"
 
 
@@ -205,8 +207,8 @@ class EnvSeededTrainer:
         if not self.was_initialized:
             self.initialize()
         checkpoint = filename_or_checkpoint
-        if isinstance(checkpoint, str):
-            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        if isinstance(checkpoint, str):  # weights_only=True (nnunet_ext.data.checkpoints), not nnU-Net's unsafe load
+            checkpoint = load_checkpoint(checkpoint, map_location=self.device)
         own = self.network.module if self.is_ddp else self.network
         if isinstance(own, OptimizedModule):
             own = own._orig_mod
@@ -226,6 +228,12 @@ class EnvSeededTrainer:
         if checkpoint.get(RNG_KEY) is not None and training_seed() is not None:
             self._pending_rng_state = checkpoint[RNG_KEY]  # restored when the first resumed epoch starts
 
+    def on_train_start(self):
+        super().on_train_start()
+        if self.local_rank == 0:
+            for path in remove_stale_checkpoint_temps(self.output_folder):
+                self.print_to_log_file(f"removed {path}, a checkpoint left half-written by a killed run")
+
     def on_train_epoch_start(self):
         state, self._pending_rng_state = self._pending_rng_state, None
         if state is not None:
@@ -235,10 +243,37 @@ class EnvSeededTrainer:
         return super().on_train_epoch_start()
 
 
+STALE_TEMP_AGE_S = 3600.0  # a temporary checkpoint this old is stale even if its process id is in use again
+
+
+def remove_stale_checkpoint_temps(folder: str) -> list[str]:
+    """Delete ``checkpoint_*.pth.tmp<PID>`` files in ``folder`` that a killed run left (its process is gone, or the
+    file is over an hour old; a checkpoint of the paper's size is 0.5 GB). Returns the removed paths."""
+    import glob
+    import re
+    import time
+
+    from nnunet_ext.data.files import pid_alive
+
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(str(folder)), "checkpoint_*.pth.tmp*")):
+        m = re.search(r"\.pth\.tmp(\d+)$", path)
+        if m is None:
+            continue
+        try:
+            stale = not pid_alive(int(m.group(1))) or time.time() - os.path.getmtime(path) > STALE_TEMP_AGE_S
+            if stale and int(m.group(1)) != os.getpid():
+                os.remove(path)
+                removed.append(path)
+        except FileNotFoundError:
+            continue
+    return removed
+
+
 def with_env_seed(base: type) -> tuple[type, ...]:
     """The bases for a subclass of ``base`` that honours ``nnUNet_ext_seed`` (``base`` alone if it already does)."""
     return (base,) if issubclass(base, EnvSeededTrainer) else (EnvSeededTrainer, base)
 
 
-__all__ = ["RNG_KEY", "SEED_ENV", "EnvSeededTrainer", "rng_state", "seed_everything", "set_rng_state",
-           "training_seed", "with_env_seed", "worker_seeds"]
+__all__ = ["RNG_KEY", "SEED_ENV", "EnvSeededTrainer", "remove_stale_checkpoint_temps", "rng_state", "seed_everything",
+           "set_rng_state", "training_seed", "with_env_seed", "worker_seeds"]

@@ -110,6 +110,24 @@ def test_phase_names_may_equal_channel_names():
         DatasetMetadata.from_dataset_json(dj, CASES)
 
 
+@pytest.mark.parametrize("keys", [{"arterial": "CT", "1": "CT"}, {"0": "CT", "2": "CT"}, {"0": "CT", " x": "CT"}])
+def test_channel_names_keys_that_are_not_indices_are_named_not_a_traceback(keys, tmp_path):
+    dj = _dj()
+    dj["channel_names"] = keys
+    with pytest.raises(MetadataError, match=r'"channel_names" keys must be the channel indices "0" to "1" .*found '
+                                            r".*Fix: key each channel by its index"):
+        DatasetMetadata.from_dataset_json(dj, CASES)
+    raw = make_tiny_multiphase_dataset(str(tmp_path), 903, n_cases=2)  # plan-and-preprocess's case check too
+    from nnunet_ext.planners.api import check_training_cases
+
+    with open(f"{raw}/dataset.json", encoding="utf-8") as f:
+        plain = json.load(f)
+    plain.pop(METADATA_KEY)
+    plain["channel_names"] = {"arterial": "CT", "1": "CT", "2": "CT"}
+    with pytest.raises(MetadataError, match="keys must be the channel indices"):
+        check_training_cases(raw, plain)
+
+
 def test_all_problems_reported_at_once():
     dj = _cases_with("zz", **{"class": "nope", "text": 3})
     with pytest.raises(MetadataError) as e:
