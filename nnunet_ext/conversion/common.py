@@ -2,7 +2,11 @@
 
 Every converter builds its dataset in a staging folder next to the target (``<root>/.nnunet_ext_partial-*``) and
 renames it into place only once everything succeeded, so a failed or interrupted conversion leaves nothing
-half-written and an existing dataset untouched. ``conversion_report.json`` beside ``dataset.json`` records the
+half-written and an existing dataset untouched. The checks that protect an existing dataset (a different dataset
+under the same folder, another name with the same id) run before the build and again under a lock on the dataset id
+at the rename, so two conversions to one id at the same time cannot replace each other's dataset or leave two
+folders with one id. Staging folders of killed conversions (their process is gone) are removed when the next
+conversion to that id starts. ``conversion_report.json`` beside ``dataset.json`` records the
 converter, its options, a fingerprint of the inputs, the converted and skipped cases (with the reason) and the size and
 SHA-256 of every output file. A re-run with the same inputs and options finds it and reports "already converted"
 without writing anything; a *different* dataset under the same id is only replaced with ``overwrite=True``.
@@ -42,6 +46,9 @@ from nnunet_ext.errors import NnunetExtError
 REPORT_FILE = "conversion_report.json"
 FILE_ENDING = ".nii.gz"
 PARTIAL_PREFIX = ".nnunet_ext_partial-"
+UNKNOWN_LICENCE = "unknown"
+# what nnU-Net's generate_dataset_json writes when no licence is given; never written by nnunet-ext
+PLACEHOLDER_LICENCES = ("Whoever converted this dataset was lazy and didn't look it up!", "hands off!", "")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _PARTIAL_HASH_BYTES = 1 << 16
 T = TypeVar("T")
@@ -227,10 +234,11 @@ def _jsonable(obj: Any) -> Any:
 class Stage:
     """The dataset folder being built (``folder``) plus a scratch folder; both are discarded on failure."""
 
-    def __init__(self, folder: Path, scratch: Path, skip_invalid: bool):
+    def __init__(self, folder: Path, scratch: Path, skip_invalid: bool, licence: str | None = None):
         self.folder = folder
         self.scratch = scratch
         self.skip_invalid = skip_invalid
+        self.licence = licence  # the user's --licence (None: the converter's own, else "unknown")
         self.cases: list[str] = []
         self.test_cases: list[str] = []
         self.skipped: list[SkippedCase] = []
@@ -314,11 +322,14 @@ class Stage:
     def write_dataset_json(self, channel_names: Mapping[int | str, str], labels: Mapping[str, int],
                            metadata=None, **extra) -> dict:
         """nnU-Net's ``generate_dataset_json`` (numTraining = training cases written) plus, when given, the
-        validated ``nnunet_ext`` metadata block (:class:`nnunet_ext.data.metadata.DatasetMetadata`)."""
+        validated ``nnunet_ext`` metadata block (:class:`nnunet_ext.data.metadata.DatasetMetadata`). The licence is
+        the user's ``--licence``, else the converter's (``license=`` in ``extra``), else "unknown": never nnU-Net's
+        placeholder sentence."""
         from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
         from nnunet_ext.data.metadata import DatasetMetadata, load_dataset_json, write_metadata
 
+        extra["license"] = self.licence_text(extra.get("license"))
         for sub in ("imagesTr", "labelsTr"):
             (self.folder / sub).mkdir(exist_ok=True)
         generate_dataset_json(str(self.folder), {str(k): v for k, v in channel_names.items()}, dict(labels),
@@ -329,6 +340,22 @@ class Stage:
         dj = write_metadata(path, metadata)
         DatasetMetadata.from_dataset_json(dj, self.cases)
         return dj
+
+
+    def licence_text(self, converters: str | None = None) -> str:
+        """The licence to write: the user's, else ``converters`` (the converter's own or the source's) unless it
+        is empty or nnU-Net's placeholder, else "unknown"."""
+        if self.licence and self.licence.strip():
+            return self.licence.strip()
+        if converters is not None and str(converters).strip() not in PLACEHOLDER_LICENCES:
+            return str(converters).strip()
+        return UNKNOWN_LICENCE
+
+    def fix_licence(self, dataset_json: dict) -> dict:
+        """``dataset_json`` (of one of nnU-Net's converters) with :meth:`licence_text` under ``licence``."""
+        dataset_json["licence"] = self.licence_text(dataset_json.get("licence", dataset_json.get("license")))
+        dataset_json.pop("license", None)
+        return dataset_json
 
 
 def _identifiers(folder: Path) -> list[str]:
@@ -357,7 +384,7 @@ class ConversionJob:
 
     def __init__(self, converter: str, dataset_id: int, name: str, output: str | os.PathLike | None,
                  overwrite: bool, inputs: Iterable[str | os.PathLike], source: str | os.PathLike | None,
-                 options: Mapping[str, Any], skip_invalid: bool = False):
+                 options: Mapping[str, Any], skip_invalid: bool = False, licence: str | None = None):
         self.converter = converter
         self.dataset_id = dataset_id
         self.dataset_name = dataset_folder_name(dataset_id, name)
@@ -365,37 +392,35 @@ class ConversionJob:
         self.target = self.root / self.dataset_name
         self.overwrite = overwrite
         self.skip_invalid = skip_invalid
-        self.options = _jsonable(dict(options))
+        self.licence = licence
+        self.options = _jsonable({**options, **({"licence": licence} if licence else {})})
         self.inputs = fingerprint_inputs(inputs, source)
 
     def run(self, build: Callable[[Stage], None]) -> ConversionResult:
-        """Build the dataset with ``build(stage)`` unless an identical conversion exists; print and return."""
-        if self.target.exists():
-            why = self._difference(self.target)
-            if why is None:
-                result = self._result_from_report(self.target)
-                print(result.summary())
-                return result
-            if not self.overwrite:
-                raise ConversionError(
-                    f"{self.target} already exists and holds a different dataset ({why}). Nothing was changed. "
-                    f"Fix: pass --overwrite (overwrite=True) to replace it, or choose a free dataset id with -d.")
-        conflicts = sorted(p for p in self.root.glob(f"Dataset{self.dataset_id:03d}_*")
-                           if p.is_dir() and p.name != self.dataset_name)
-        if conflicts and not self.overwrite:
-            raise ConversionError(
-                f"dataset id {self.dataset_id} is already used by {', '.join(str(c) for c in conflicts)}. Nothing "
-                "was changed. Fix: choose a free id with -d, or pass --overwrite to replace it.")
+        """Build the dataset with ``build(stage)`` unless an identical conversion exists; print and return. The
+        target checks run before the build and again, under the dataset id's lock, before the rename."""
         self.root.mkdir(parents=True, exist_ok=True)
-        parent = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{self.dataset_name}-", dir=self.root))
+        for path in remove_stale_staging(self.root, self.dataset_id):
+            _echo(f"removed {path}, the staging folder of a conversion that was killed")
+        done = self._check_target(after_build=False)
+        if done is not None:
+            print(done.summary())
+            return done
+        parent = Path(tempfile.mkdtemp(prefix=staging_prefix(self.dataset_name), dir=self.root))
         try:
-            stage = Stage(parent / self.dataset_name, parent / "scratch", self.skip_invalid)
+            stage = Stage(parent / self.dataset_name, parent / "scratch", self.skip_invalid, self.licence)
             build(stage)
             shutil.rmtree(stage.scratch, ignore_errors=True)
             self._finish(stage)
-            self._swap_in(stage.folder, conflicts, parent)
+            with conversion_lock(self.root, self.dataset_id):
+                done = self._check_target(after_build=True)
+                if done is None:
+                    self._swap_in(stage.folder, self._conflicts(), parent)
         finally:
             shutil.rmtree(parent, ignore_errors=True)
+        if done is not None:
+            print(done.summary())
+            return done
         result = ConversionResult(self.target, self.dataset_name, sorted(stage.cases), sorted(stage.test_cases),
                                   list(stage.skipped), list(stage.warnings), False,
                                   {k: self.target / v for k, v in stage.reports.items()})
@@ -404,6 +429,31 @@ class ConversionJob:
         return result
 
     # ----------------------------------------------------------------- internals
+    def _conflicts(self) -> list[Path]:
+        return sorted(p for p in self.root.glob(f"Dataset{self.dataset_id:03d}_*")
+                      if p.is_dir() and p.name != self.dataset_name)
+
+    def _check_target(self, after_build: bool) -> ConversionResult | None:
+        """The existing conversion when it is identical (nothing to do), None when the build may go into place, or
+        a :class:`ConversionError` when it would replace a different dataset or share its id without
+        ``overwrite``. ``after_build``: checked again at the rename (another conversion may have finished since)."""
+        meanwhile = " (written by another conversion while this one ran)" if after_build else ""
+        if self.target.exists():
+            why = self._difference(self.target)
+            if why is None:
+                return self._result_from_report(self.target)
+            if not self.overwrite:
+                raise ConversionError(
+                    f"{self.target} already exists{meanwhile} and holds a different dataset ({why}). Nothing was "
+                    f"changed. Fix: pass --overwrite (overwrite=True) to replace it, or choose a free dataset id with "
+                    "-d.")
+        conflicts = self._conflicts()
+        if conflicts and not self.overwrite:
+            raise ConversionError(
+                f"dataset id {self.dataset_id} is already used by {', '.join(str(c) for c in conflicts)}{meanwhile}. "
+                "Nothing was changed. Fix: choose a free id with -d, or pass --overwrite to replace it.")
+        return None
+
     def _finish(self, stage: Stage) -> None:
         if not stage.cases and not stage.test_cases:
             why = "; ".join(f"{s.case}: {s.reason}" for s in stage.skipped[:10]) or "no input cases were found"
@@ -486,6 +536,44 @@ def _warn_other_folders(dataset_id: int, dataset_name: str, result: ConversionRe
                 _echo(f"WARNING: {msg}")
 
 
+# --------------------------------------------------------------------------- concurrent conversions
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9]+", "", socket.gethostname())[:32] or "host"
+
+
+def staging_prefix(dataset_name: str, prefix: str = PARTIAL_PREFIX) -> str:
+    """``<prefix><dataset name>-<host>-<pid>-``: a staging folder names the process that builds it, so that a later
+    conversion can tell a killed one's leftovers from a running one's."""
+    return f"{prefix}{dataset_name}-{_host()}-{os.getpid()}-"
+
+
+def remove_stale_staging(root: Path, dataset_id: int, prefix: str = PARTIAL_PREFIX) -> list[Path]:
+    """Delete staging folders of dataset ``dataset_id`` in ``root`` whose process, on this host, is gone (folders
+    of other hosts, or without a process id, are left alone). Returns the removed folders."""
+    from nnunet_ext.data.files import pid_alive
+
+    pattern = re.compile(rf"^{re.escape(prefix)}Dataset{dataset_id:03d}_[A-Za-z0-9_-]*?-{re.escape(_host())}-(\d+)-")
+    removed = []
+    for p in Path(root).glob(f"{prefix}Dataset{dataset_id:03d}_*"):
+        m = pattern.match(p.name)
+        if p.is_dir() and m and not pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+@contextmanager
+def conversion_lock(root: Path, dataset_id: int):
+    """Exclusive lock on dataset id ``dataset_id`` in the output root (a hidden lock file there) while a finished
+    build is checked once more and renamed into place."""
+    from nnunet_ext.data.files import folder_lock
+
+    with folder_lock(root, f".nnunet_ext_convert_{dataset_id:03d}.lock"):
+        yield
+
+
 # --------------------------------------------------------------------------- small utilities
 def most_common(values: Iterable[T]) -> T:
     return Counter(values).most_common(1)[0][0]
@@ -513,6 +601,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_name: str, *, 
     parser.add_argument("--overwrite", action="store_true", help="replace a different dataset under the same id")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="skip (and report) cases with bad input instead of aborting")
+    parser.add_argument("--licence", "--license", dest="licence", default=None,
+                        help="the data's licence, written into dataset.json (default: the source's, else 'unknown')")
 
 
 @contextmanager

@@ -6,6 +6,11 @@ empty, as in anonymised exports), slices with another ImageOrientationPatient th
 reformatted slice mixed into an axial series) or a duplicate position are dropped and reported, and the rest are
 sorted along the slice normal before SimpleITK's ``ImageSeriesReader`` reads them. Images are SimpleITK images
 (arrays ``(z, y, x)``) in LPS physical space.
+
+A file that parses as DICOM but is not a whole image (a header cut short: no Rows, or no SOPClassUID / Modality /
+SeriesInstanceUID, which every DICOM object has) is an invalid slice, never skipped as a "non-image" file: a series
+would otherwise lose its first or last slice without a word. Real non-image objects (SEG, RTSTRUCT, SR, ...) are
+recognised by Modality or SOP class; DICOM SEG files are listed (:class:`SegFile`) for the converters' masks.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ class DicomSeries:
     contrast_agent: str = ""
     contrast_start_time: float | None = None
     image_type: str = ""
+    frame_of_reference_uid: str = ""
+    accession_number: str = ""
+    study_date: str = ""
     dropped: list[str] = field(default_factory=list)  # "file: reason"
     gaps: list[str] = field(default_factory=list)  # irregular slice spacing (missing slices)
 
@@ -85,11 +93,26 @@ def dicom_time(value) -> float | None:
     return hh * 3600 + mm * 60 + ss
 
 
-def scan_dicom(paths: Path | list[Path], context: str) -> list[DicomSeries]:
+@dataclass
+class SegFile:
+    """A DICOM SEG object found by :func:`scan_dicom`: its file, the SeriesInstanceUIDs it references and its
+    segment labels ``{segment number: SegmentLabel}``."""
+
+    path: Path
+    referenced_series: list[str]
+    segments: dict[int, str]
+    frame_of_reference_uid: str = ""
+    patient_id: str = ""
+
+
+def scan_dicom(paths: Path | list[Path], context: str, invalid: list[tuple[Path, str]] | None = None,
+               segs: list[SegFile] | None = None) -> list[DicomSeries]:
     """All image series in ``paths`` (files or folders, searched recursively).
 
-    Non-image objects (SEG, RTSTRUCT, SR, ...) and non-DICOM side files are ignored; a file with a DICOM-like name
-    (``.dcm``, ``.ima``, no suffix) that cannot be parsed raises a :class:`ConversionError` naming ``context``.
+    Non-image objects (SEG, RTSTRUCT, SR, ...) and non-DICOM side files are ignored (DICOM SEG files are appended to
+    ``segs`` when given). A file with a DICOM-like name (``.dcm``, ``.ima``, no suffix) that cannot be parsed, or
+    that is not a whole image (module docstring), raises a :class:`ConversionError` naming ``context`` and the file,
+    or is appended to ``invalid`` as ``(file, reason)`` when that list is given.
     """
     pydicom = _require_pydicom()
     files = []
@@ -100,15 +123,51 @@ def scan_dicom(paths: Path | list[Path], context: str) -> list[DicomSeries]:
         if f.name.startswith(".") or f.suffix.lower() in _NOT_DICOM_SUFFIXES or f.name.upper() == "DICOMDIR":
             continue
         ds = _read_header(pydicom, f)
-        if ds is None:
-            raise ConversionError(f"{context}: {f} is not a readable DICOM file (corrupt or truncated). Fix: "
-                                  "re-export or re-download the series, or remove the file.")
+        problem = "not a readable DICOM file (corrupt or truncated)" if ds is None else _incomplete(ds)
+        if problem is not None:
+            if invalid is None:
+                raise ConversionError(f"{context}: {f} is {problem}. Fix: re-export or re-download the series, or "
+                                      "remove the file (or pass --skip-invalid to leave the case out).")
+            invalid.append((f, problem))
+            continue
         modality = str(ds.get("Modality", "")).upper()
+        if modality == "SEG" and segs is not None:
+            segs.append(_seg_file(f, ds))
         if modality in NON_IMAGE_MODALITIES or "Rows" not in ds:
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "").strip() or f"<no SeriesInstanceUID>:{f.parent}"
         groups[uid].append((f, ds))
     return [_make_series(uid, items) for uid, items in groups.items()]
+
+
+def _incomplete(ds) -> str | None:
+    """Why a parsed file is not a whole DICOM object (None if it is one, image or not)."""
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality in NON_IMAGE_MODALITIES:
+        return None
+    sop = str(ds.get("SOPClassUID", "") or "")
+    try:
+        from pydicom.uid import UID
+
+        sop_name = UID(sop).name if sop else ""
+    except Exception:  # noqa: BLE001 - an unknown UID
+        sop_name = sop
+    if "Rows" in ds and "Columns" in ds:
+        return None
+    if "Image Storage" in sop_name:
+        return f"an image ({sop_name}) whose header is cut short (no Rows/Columns)"
+    missing = [k for k in ("SOPClassUID", "Modality", "SeriesInstanceUID") if not str(ds.get(k, "") or "").strip()]
+    if missing:
+        return f"a DICOM file whose header is cut short or incomplete (no {', '.join(missing)})"
+    return None  # a whole non-image object (e.g. a report of an unlisted modality)
+
+
+def _seg_file(f: Path, ds) -> SegFile:
+    refs = [str(r.get("SeriesInstanceUID", "")) for r in ds.get("ReferencedSeriesSequence", [])]
+    segments = {int(s.get("SegmentNumber", i + 1)): str(s.get("SegmentLabel", "") or f"segment {i + 1}")
+                for i, s in enumerate(ds.get("SegmentSequence", []))}
+    return SegFile(f, [r for r in refs if r], segments, str(ds.get("FrameOfReferenceUID", "") or "").strip(),
+                   str(ds.get("PatientID", "") or "").strip())
 
 
 def _read_header(pydicom, f: Path):
@@ -138,7 +197,10 @@ def _make_series(uid: str, items: list[tuple[Path, object]]) -> DicomSeries:
                              default=dicom_time(first.get("SeriesTime"))),
         contrast_agent=str(first.get("ContrastBolusAgent", "") or "").strip(),
         contrast_start_time=dicom_time(first.get("ContrastBolusStartTime")),
-        image_type="\\".join(str(v) for v in (first.get("ImageType") or [])))
+        image_type="\\".join(str(v) for v in (first.get("ImageType") or [])),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "") or "").strip(),
+        accession_number=str(first.get("AccessionNumber", "") or "").strip(),
+        study_date=str(first.get("StudyDate", "") or "").strip())
     if len(items) == 1:
         series.files, series.sop_uids = [items[0][0]], [str(first.get("SOPInstanceUID", ""))]
         return series
@@ -219,30 +281,36 @@ def _find_unreadable(files: list[Path]) -> Path | None:
     return None
 
 
-def read_dicom_seg(path: Path, context: str) -> tuple[sitk.Image, dict[int, str], list[str]]:
-    """A DICOM SEG as a label image (voxel value = segment number) in physical space, the segment labels
-    ``{number: SegmentLabel}`` and the SeriesInstanceUIDs it references."""
+def read_dicom_seg(path: Path, context: str) -> tuple[list[tuple[int, str, sitk.Image]], list[str]]:
+    """A DICOM SEG as one binary image per segment ``[(segment number, SegmentLabel, uint8 image)]`` in physical
+    space (overlapping segments are kept apart), and the SeriesInstanceUIDs it references."""
     _require_pydicom()
     import highdicom as hd
 
     try:
         seg = hd.seg.segread(str(path))
-        volume = seg.get_volume(combine_segments=True, relabel=False)
+        volume = seg.get_volume(combine_segments=False, relabel=False)
+        numbers = [int(n) for n in seg.get_segment_numbers()]
     except Exception as e:  # noqa: BLE001 - highdicom raises many types for bad SEGs
         raise ConversionError(f"{context}: cannot read DICOM SEG {path} ({error_summary(e)}). Fix: re-export the "
-                              "segmentation (overlapping segments must be exported as separate files).") from e
+                              "segmentation.") from e
     arr = np.asarray(volume.array)
+    if arr.ndim == 3:
+        arr = arr[..., None]
     affine = np.asarray(volume.affine, dtype=float)
     axes = [affine[:3, 2], affine[:3, 1], affine[:3, 0]]  # array (slice, row, col) -> SimpleITK (x=col, y=row, z)
     spacing = [float(np.linalg.norm(a)) for a in axes]
     direction = np.stack([a / s for a, s in zip(axes, spacing)], axis=1)
-    image = sitk.GetImageFromArray(arr.astype(np.uint8))
-    image.SetSpacing(spacing)
-    image.SetOrigin([float(v) for v in affine[:3, 3]])
-    image.SetDirection([float(v) for v in direction.ravel()])
     names = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    out = []
+    for k, number in enumerate(numbers):
+        image = sitk.GetImageFromArray((arr[..., k] > 0).astype(np.uint8))
+        image.SetSpacing(spacing)
+        image.SetOrigin([float(v) for v in affine[:3, 3]])
+        image.SetDirection([float(v) for v in direction.ravel()])
+        out.append((number, names.get(number, f"segment {number}"), image))
     refs = [str(r.SeriesInstanceUID) for r in seg.get("ReferencedSeriesSequence", [])]
-    return image, names, refs
+    return out, refs
 
 
 def is_dicom_seg(path: Path) -> bool:

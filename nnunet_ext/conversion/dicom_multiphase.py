@@ -3,17 +3,28 @@
 The Cancer Imaging Archive's TCGA-LIHC collection (Erickson et al., 2016, doi:10.7937/K9/TCIA.2016.IMMQW8UQ) ships
 contrast-enhanced liver CT as one DICOM series per phase (``{patient}/{study}/{series}/1-NN.dcm``). The phases of a
 case come from a manifest CSV (columns ``case, phase, series`` - a series folder or an image file - and optionally
-``series_uid, mask, mask_phase, label``) or are detected from the DICOM tags (:mod:`.phase_detection`, mapping printed
-for review). Every phase is rigidly registered to the reference phase (portal venous by default;
+``series_uid, mask, mask_label, mask_phase, label``) or are detected from the DICOM tags (:mod:`.phase_detection`,
+mapping printed for review). Every phase is rigidly registered to the reference phase (portal venous by default;
 :mod:`.registration`) and resampled onto its grid; ``registration_report.json`` / ``.csv`` beside ``dataset.json``
-record the final metric and the recovered transform per phase. Masks (NIfTI/NRRD/MHA or DICOM SEG) are resampled
-(nearest neighbour) onto the reference grid through the transform of the phase they were drawn on. Cases without a
-mask go to ``imagesTs``. Class labels and the phase order go into the ``nnunet_ext`` metadata block.
+record the final metric and the recovered transform per phase. Cases without a mask go to ``imagesTs``. Class labels
+and the phase order go into the ``nnunet_ext`` metadata block.
+
+Masks (NIfTI/NRRD/MHA or DICOM SEG): a case may have several, e.g. liver and tumour as two SEG files. The manifest's
+``mask`` cell takes several files separated by ``;`` (``liver.dcm;tumour.dcm``), and a case may have rows with only
+``case`` and ``mask`` (one row per mask); ``mask_label`` gives each mask's label name or value (``;``-separated like
+``mask``). Each mask is resampled (nearest neighbour) onto the reference grid through the transform of the phase it
+was drawn on (``mask_phase``; for a SEG the phase whose series it references), and the masks are merged into one
+label map in the declared order: later labels win where they overlap (a tumour inside the liver). Label values: a
+number given as ``mask_label``; else the position of the label name in ``labels``; else one value per distinct name
+(SEG segment labels, ``mask_label``) in order of first appearance; a plain label map without ``mask_label`` keeps its
+values. A SEG that references none of the case's series is an error.
 
 Before any pixel data of a case is read, its phases are checked: one series (same folder, or same SeriesInstanceUID)
-given for two phases, or series whose PatientID, StudyInstanceUID or Modality differ (blank values, as in anonymised
-exports, are not compared) are an error; acquisition times that run backwards in the declared phase order are warned
-about (the order stays the user's declaration).
+given for two phases, and series of different patients or modalities are an error. Series of one patient with
+different StudyInstanceUIDs (some exports give every series its own) are accepted with a warning when they share the
+FrameOfReferenceUID or the AccessionNumber, else only with ``allow_mixed_studies`` (``--allow-mixed-studies``,
+recorded in ``conversion_report.json``). Blank values, as in anonymised exports, are not compared. Acquisition times
+that run backwards in the declared phase order are warned about (the order stays the user's declaration).
 
 Output channels: ``{case}_{k:04d}.nii.gz`` is phase ``k`` of ``phases``; arrays ``(z, y, x)`` on the reference grid.
 """
@@ -45,19 +56,31 @@ from nnunet_ext.conversion.common import (
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 DEFAULT_PHASES = ("arterial", "portal_venous", "delayed")
-_LESION_NAMES = re.compile(r"lesion|tumou?r|hcc|cancer|mass|nodule|metasta", re.IGNORECASE)
+LESION_NAMES = re.compile(r"lesion|tumou?r|hcc|cancer|mass|nodule|metasta|neoplas", re.IGNORECASE)
 REPORT_JSON, REPORT_CSV = "registration_report.json", "registration_report.csv"
 
 
 @dataclass
+class MaskSpec:
+    """One mask file of a case: ``label`` names its label (a name, or a value written as digits) for the whole
+    mask (None: a SEG's segment labels, or a label map's own values); ``phase`` is the phase it was drawn on."""
+
+    path: Path
+    label: str | None = None
+    phase: str | None = None
+
+
+@dataclass
 class CasePlan:
-    """Where the phases, mask and class label of one case come from."""
+    """Where the phases, masks and class label of one case come from."""
 
     case: str
     phases: dict[str, tuple[Path, str | None]] = field(default_factory=dict)  # phase -> (folder/file, series uid)
-    mask: Path | None = None
-    mask_phase: str | None = None
+    masks: list[MaskSpec] = field(default_factory=list)  # in the order they are painted (later ones win)
+    mask_phase: str | None = None  # default phase of the masks without their own
     label: str | None = None
+    grouped_by: str | None = None  # how phase detection grouped the series into this case
+    problems: list[str] = field(default_factory=list)  # unreadable files found while scanning
 
 
 @dataclass
@@ -81,14 +104,15 @@ def _col(header: list[str], *names: str) -> str | None:
 
 
 def read_manifest(path: Path, source: Path) -> dict[str, CasePlan]:
-    """Parse the manifest CSV; relative paths are relative to ``source``. One row per (case, phase); mask and label
-    may be given on any row of the case."""
+    """Parse the manifest CSV; relative paths are relative to ``source``. One row per (case, phase); masks (several
+    per cell, ``;``-separated, or rows with only case and mask) and the class label may be given on any row of the
+    case."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ConversionError(f"cannot read the manifest {path} ({e}). Fix: give a CSV with columns case, phase, "
-                              "series[, mask, label].") from e
+                              "series[, mask, mask_label, label].") from e
     header = list(rows[0]) if rows else []
     c_case, c_phase = _col(header, "case", "case_id", "patient"), _col(header, "phase")
     c_series = _col(header, "series", "series_folder", "series folder", "folder", "path", "image")
@@ -97,30 +121,51 @@ def read_manifest(path: Path, source: Path) -> dict[str, CasePlan]:
                               "them (series = a DICOM series folder or an image file, relative to the source).")
     c_uid, c_mask = _col(header, "series_uid", "seriesinstanceuid"), _col(header, "mask", "mask_path", "seg")
     c_mphase, c_label = _col(header, "mask_phase"), _col(header, "label", "class", "class_label")
+    c_mlabel = _col(header, "mask_label", "mask_labels", "label_name", "label_value")
     plans: dict[str, CasePlan] = {}
     seen: dict[tuple[str, str], int] = {}
+
+    def cell(row, col) -> str:
+        return (row.get(col) or "").strip() if col else ""
+
     for i, row in enumerate(rows, start=2):
-        raw_case, phase = (row.get(c_case) or "").strip(), (row.get(c_phase) or "").strip()
-        if not raw_case or not phase:
-            raise ConversionError(f"manifest {path.name} line {i}: empty case or phase. Fix: fill both columns.")
+        raw_case, phase, series = cell(row, c_case), cell(row, c_phase), cell(row, c_series)
+        masks = [m.strip() for m in cell(row, c_mask).split(";") if m.strip()]
+        if not raw_case or (not phase and not masks):
+            raise ConversionError(f"manifest {path.name} line {i}: empty case or phase. Fix: fill both columns (a row "
+                                  "with only case and mask adds a mask to the case).")
+        if bool(phase) != bool(series):
+            raise ConversionError(f"manifest {path.name} line {i}: a phase without a series or a series without a "
+                                  "phase. Fix: fill both columns.")
         case = safe_case_id(raw_case)
-        if (case, phase) in seen:
-            raise ConversionError(f"manifest {path.name}: duplicate case id {case!r} with phase {phase!r} on lines "
-                                  f"{seen[(case, phase)]} and {i}. Fix: one row per case and phase (rename one case "
-                                  "if these are different patients).")
-        seen[(case, phase)] = i
         plan = plans.setdefault(case, CasePlan(case))
-        uid = (row.get(c_uid) or "").strip() if c_uid else ""
-        plan.phases[phase] = (_resolve(row[c_series].strip(), source), uid or None)
-        for attr, col, conv in (("mask", c_mask, lambda v: _resolve(v, source)), ("mask_phase", c_mphase, str),
-                                ("label", c_label, str)):
-            value = (row.get(col) or "").strip() if col else ""
-            if value:
-                value = conv(value)
-                if getattr(plan, attr) not in (None, value):
-                    raise ConversionError(f"manifest {path.name} line {i}: case {case!r} has two different {attr}s "
-                                          f"({getattr(plan, attr)} and {value}). Fix: give one per case.")
-                setattr(plan, attr, value)
+        if phase:
+            if (case, phase) in seen:
+                raise ConversionError(f"manifest {path.name}: duplicate case id {case!r} with phase {phase!r} on "
+                                      f"lines {seen[(case, phase)]} and {i}. Fix: one row per case and phase (rename "
+                                      "one case if these are different patients).")
+            seen[(case, phase)] = i
+            plan.phases[phase] = (_resolve(series, source), cell(row, c_uid) or None)
+        labels = [m.strip() for m in cell(row, c_mlabel).split(";")] if cell(row, c_mlabel) else []
+        if labels and len(labels) != len(masks):
+            raise ConversionError(f"manifest {path.name} line {i}: {len(masks)} mask file(s) but {len(labels)} "
+                                  f"mask_label value(s) ({cell(row, c_mlabel)!r}). Fix: give one label name or value "
+                                  "per mask, ';'-separated in the same order, or leave mask_label empty.")
+        mask_phase = cell(row, c_mphase) or None
+        plan.masks += [MaskSpec(_resolve(m, source), (labels[k] or None) if labels else None, mask_phase)
+                       for k, m in enumerate(masks)]
+        if mask_phase and not masks:
+            plan.mask_phase = mask_phase
+        value = cell(row, c_label)
+        if value:
+            if plan.label not in (None, value):
+                raise ConversionError(f"manifest {path.name} line {i}: case {case!r} has two different labels "
+                                      f"({plan.label} and {value}). Fix: give one per case.")
+            plan.label = value
+    for plan in plans.values():
+        if not plan.phases:
+            raise ConversionError(f"manifest {path.name}: case {plan.case!r} has masks but no phase row. Fix: add its "
+                                  "rows with case, phase and series.")
     return plans
 
 
@@ -146,24 +191,32 @@ def convert_dicom_multiphase(source: str | Path, dataset_id: int, manifest: str 
                              register: bool = True, registration: RegistrationOptions | None = None,
                              classes: Sequence[str] | None = None, labels: Sequence[str] | None = None,
                              write_manifest: str | Path | None = None, overwrite: bool = False,
-                             skip_invalid: bool = False) -> ConversionResult:
+                             skip_invalid: bool = False, allow_mixed_studies: bool = False,
+                             licence: str | None = None) -> ConversionResult:
     """Convert multiphase studies to ``<output or $nnUNet_raw>/Dataset{id}_{name}``.
 
     Args:
         source: root folder of the DICOM data (manifest paths are relative to it).
         manifest: CSV (case, phase, series[, series_uid, mask, mask_phase, label]); None detects the phases from the
             DICOM tags under ``source`` and prints the mapping (``write_manifest`` saves it as an editable CSV).
-        phases: channel order (default: the manifest's phases; for detection ``arterial, portal_venous, delayed``).
+        phases: channel order (default: the manifest's phases; for detection the phases every series description
+            names, e.g. arterial and delayed for ``11_AP_Ax5.00mm`` and ``31_EQP_Ax5.00mm``, else ``arterial,
+            portal_venous, delayed`` by acquisition time).
         reference: the phase the others are registered and resampled to (default: portal venous, else the first).
         register: False keeps the phases as they are; then every phase must share the reference's geometry.
         classes: class names (default: the sorted distinct manifest labels); cases without a label are unlabeled.
-        labels: segmentation label names for mask values 1..K (default: DICOM SEG segment labels, else "lesion").
+        labels: segmentation label names for mask values 1..K (default: DICOM SEG segment labels and mask_label
+            names in order of first appearance, else "lesion").
+        allow_mixed_studies: accept phases of one patient whose StudyInstanceUIDs differ although they share
+            neither FrameOfReferenceUID nor AccessionNumber (the user asserts they belong together; recorded in
+            ``conversion_report.json``). A different PatientID still stops the conversion.
+        licence: the data's licence for ``dataset.json`` (default "unknown", never nnU-Net's placeholder).
 
     Raises:
-        ConversionError: missing phase, one series for two phases, phases of different patients / studies /
-            modalities, a series_uid not in its folder, different geometry without registration, empty series,
-            corrupt file, duplicate case ids, unknown class label, or an existing different dataset under
-            ``dataset_id``.
+        ConversionError: missing phase, one series for two phases, phases of different patients / modalities
+            (or studies, see ``allow_mixed_studies``), a series_uid not in its folder, different geometry without
+            registration, empty series, corrupt or cut-short file, a SEG of another series, duplicate case ids,
+            unknown class label, or an existing different dataset under ``dataset_id``.
     """
     from nnunet_ext.conversion.phase_detection import detect_phases
 
@@ -175,7 +228,7 @@ def convert_dicom_multiphase(source: str | Path, dataset_id: int, manifest: str 
         plans = read_manifest(existing_path(mpath, "manifest", folder=False), source)
         inputs = [mpath] + _plan_files(plans)
     else:
-        plans = detect_phases(source, list(phases or DEFAULT_PHASES), write_manifest)
+        plans = detect_phases(source, list(phases) if phases else None, write_manifest, skip_invalid, DEFAULT_PHASES)
         inputs = [p for p in source.rglob("*") if p.is_file()]
     phase_order = order_phases(plans, phases)
     if reference is None:
@@ -186,9 +239,10 @@ def convert_dicom_multiphase(source: str | Path, dataset_id: int, manifest: str 
                               "--reference with one of them.")
     options = {"phases": phase_order, "reference": reference, "register": register,
                "registration": registration.kwargs() if register else None, "classes": list(classes or []),
-               "labels": list(labels or []), "skip_invalid": skip_invalid, "manifest": manifest is not None}
+               "labels": list(labels or []), "skip_invalid": skip_invalid, "manifest": manifest is not None,
+               "allow_mixed_studies": allow_mixed_studies}
     job = ConversionJob("dicom-multiphase", dataset_id, name, output, overwrite, inputs, source, options,
-                        skip_invalid)
+                        skip_invalid, licence)
     class_names = list(classes) if classes else sorted({p.label for p in plans.values() if p.label})
     unknown = sorted({f"{p.case!r} ({p.label!r})" for p in plans.values() if p.label and p.label not in class_names})
     if unknown:
@@ -196,7 +250,7 @@ def convert_dicom_multiphase(source: str | Path, dataset_id: int, manifest: str 
                               "to --classes or correct the manifest.")
 
     def build(stage: Stage) -> None:
-        ctx = _BuildContext(stage, phase_order, reference, register, registration, labels)
+        ctx = _BuildContext(stage, phase_order, reference, register, registration, labels, allow_mixed_studies)
         stage.for_each(sorted(plans.items()), ctx.convert_case, "multiphase cases")
         ctx.finish(name, class_names, {c: plans[c].label for c in stage.cases})
 
@@ -211,8 +265,7 @@ def _plan_files(plans: dict[str, CasePlan]) -> list[Path]:
                 files += sorted(f for f in path.rglob("*") if f.is_file())
             elif path.is_file():
                 files.append(path)
-        if plan.mask is not None and plan.mask.is_file():
-            files.append(plan.mask)
+        files += [m.path for m in plan.masks if m.path.is_file()]
     return files
 
 
@@ -220,8 +273,9 @@ class _BuildContext:
     """Per-dataset state while cases are converted: label names, modality, registration report."""
 
     def __init__(self, stage: Stage, phases: list[str], reference: str, register: bool,
-                 registration: RegistrationOptions, labels: Sequence[str] | None):
+                 registration: RegistrationOptions, labels: Sequence[str] | None, allow_mixed_studies: bool = False):
         self.stage, self.phases, self.reference = stage, phases, reference
+        self.allow_mixed_studies = allow_mixed_studies
         self.register, self.registration = register, registration
         self.label_names: dict[int, str] = {i + 1: n for i, n in enumerate(labels or [])}
         self.fixed_labels = bool(labels)
@@ -230,6 +284,9 @@ class _BuildContext:
         self.report: dict[str, dict] = {}
 
     def convert_case(self, case: str, plan: CasePlan) -> None:
+        if plan.problems:
+            raise ConversionError(f"case {case!r}: {'; '.join(plan.problems)}. Fix: re-export or re-download the "
+                                  "file(s), or pass --skip-invalid to leave the case out.")
         missing = [p for p in self.phases if p not in plan.phases]
         if missing:
             raise ConversionError(f"case {case!r}: missing phase(s) {missing} (it has {sorted(plan.phases)}; every "
@@ -255,7 +312,7 @@ class _BuildContext:
                                       "--no-registration so the phases are registered and resampled onto the "
                                       "reference grid, or resample them beforehand.")
             out = [with_geometry_of(images[p], ref) for p in self.phases]
-        label = self._load_mask(case, plan, ref, uids, transforms) if plan.mask is not None else None
+        label = self._load_masks(case, plan, ref, uids, transforms) if plan.masks else None
         self.stage.write_case(case, out, label)
 
     def _check_distinct_sources(self, case: str, plan: CasePlan) -> None:
@@ -312,15 +369,16 @@ class _BuildContext:
                                       "series in the manifest.")
             by_uid[s.uid] = phase
         conflicts = []
-        for attr, tag in (("patient_id", "PatientID"), ("study_uid", "StudyInstanceUID"), ("modality", "Modality")):
+        for attr, tag in (("patient_id", "PatientID"), ("modality", "Modality")):
             values = {phase: getattr(s, attr) for phase, s in series.items() if getattr(s, attr)}
             if len(set(values.values())) > 1:
                 conflicts.append(f"{tag} " + ", ".join(f"{p}={v!r}" for p, v in values.items()))
         if conflicts:
-            raise ConversionError(f"case {case!r}: the phases are series of different patients, studies or "
-                                  f"modalities ({'; '.join(conflicts)}). Fix: correct the series (or series_uid) of "
-                                  "the wrong phase in the manifest so that every phase of a case comes from the same "
-                                  "patient, study and modality; blank IDs (anonymised data) are not compared.")
+            raise ConversionError(f"case {case!r}: the phases are series of different patients or modalities "
+                                  f"({'; '.join(conflicts)}). Fix: correct the series (or series_uid) of the wrong "
+                                  "phase in the manifest so that every phase of a case comes from the same patient "
+                                  "and modality; blank IDs (anonymised data) are not compared.")
+        self._check_same_exam(case, series)
         timed = [(phase, s.acquisition_time) for phase, s in series.items() if s.acquisition_time is not None]
         backwards = [f"{b!r} at {_clock(tb)} before {a!r} at {_clock(ta)}"
                      for (a, ta), (b, tb) in zip(timed, timed[1:]) if tb < ta]
@@ -328,6 +386,31 @@ class _BuildContext:
             self.stage.warn(f"case {case!r}: acquisition times run backwards in the phase order {self.phases}: "
                             f"{'; '.join(backwards)}. The channels follow the declared order; check that the manifest "
                             "(or --phases) assigns each series to the right phase.")
+
+    def _check_same_exam(self, case: str, series: dict) -> None:
+        """Phases whose StudyInstanceUIDs differ: accepted with a warning when they share a FrameOfReferenceUID or
+        an AccessionNumber (one exam exported as several studies), or when the user allows mixed studies; an error
+        otherwise."""
+        studies = {phase: s.study_uid for phase, s in series.items() if s.study_uid}
+        if len(set(studies.values())) <= 1:
+            return
+        listing = ", ".join(f"{p}={v!r}" for p, v in studies.items())
+        for attr, tag in (("frame_of_reference_uid", "FrameOfReferenceUID"), ("accession_number", "AccessionNumber")):
+            values = [getattr(s, attr) for s in series.values()]
+            if all(values) and len(set(values)) == 1:
+                self.stage.warn(f"case {case!r}: the phases have different StudyInstanceUIDs ({listing}) but share "
+                                f"the {tag} {values[0]}: converted as one exam.")
+                return
+        if self.allow_mixed_studies:
+            self.stage.warn(f"case {case!r}: the phases have different StudyInstanceUIDs ({listing}) and share no "
+                            "FrameOfReferenceUID or AccessionNumber; converted as one case because "
+                            "--allow-mixed-studies was given.")
+            return
+        raise ConversionError(f"case {case!r}: the phases are series of different studies (StudyInstanceUID "
+                              f"{listing}) that share neither a FrameOfReferenceUID nor an AccessionNumber. Fix: "
+                              "correct the series of the wrong phase in the manifest; if they do belong to one exam "
+                              "(some exports give every series its own study), pass --allow-mixed-studies "
+                              "(allow_mixed_studies=True).")
 
     def _read_phase(self, case: str, phase: str, found) -> tuple[sitk.Image, str | None]:
         from nnunet_ext.conversion.dicom_io import read_series
@@ -367,35 +450,23 @@ class _BuildContext:
             self.report[case] = entry
         return out
 
-    def _load_mask(self, case: str, plan: CasePlan, ref: sitk.Image, uids: dict, transforms: dict) -> sitk.Image:
-        from nnunet_ext.conversion.dicom_io import is_dicom_seg, read_dicom_seg
+    def _load_masks(self, case: str, plan: CasePlan, ref: sitk.Image, uids: dict, transforms: dict) -> sitk.Image:
+        """Every mask of the case on the reference grid, merged in the declared order (later labels win)."""
         from nnunet_ext.conversion.registration import resample_onto
 
-        mask_phase = plan.mask_phase
-        if is_dicom_seg(plan.mask):
-            mask, names, refs = read_dicom_seg(plan.mask, f"case {case!r} mask")
-            mask_phase = mask_phase or next((p for p, u in uids.items() if u in refs), None)
-            if not self.fixed_labels:
-                for value, n in names.items():
-                    if self.label_names.setdefault(value, n) != n:
-                        self.stage.warn(f"case {case!r}: DICOM SEG segment {value} is {n!r}, another case calls it "
-                                        f"{self.label_names[value]!r}; the dataset uses the first name.")
-        else:
-            mask = read_image(plan.mask, case, "mask")
-        mask_phase = mask_phase or self.reference
-        if mask_phase not in self.phases:
-            raise ConversionError(f"case {case!r}: mask_phase {mask_phase!r} is not one of {self.phases}. Fix the "
-                                  "manifest.")
-        if mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
-            raise ConversionError(f"case {case!r}: mask {plan.mask.name} is not a 3D label image. Fix: export it as "
-                                  "one 3D label map.")
-        arr = sitk.GetArrayViewFromImage(mask)
-        if not np.all(np.equal(np.mod(arr, 1), 0)) or arr.min() < 0:
-            raise ConversionError(f"case {case!r}: mask {plan.mask.name} has non-integer or negative values. Fix: "
-                                  "export a label map with 0 = background and 1..K = structures.")
-        label = resample_onto(sitk.Cast(mask, sitk.sitkUInt8), ref, transforms.get(mask_phase),
-                              sitk.sitkNearestNeighbor, 0)
-        top = int(sitk.GetArrayViewFromImage(label).max())
+        out = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint16)
+        for spec in plan.masks:
+            for value, image, phase in self._read_mask(case, plan, spec, uids):
+                moved = resample_onto(image, ref, transforms.get(phase), sitk.sitkNearestNeighbor, 0)
+                arr = sitk.GetArrayViewFromImage(moved)
+                if value is None:  # a label map keeps its own values
+                    out = np.where(arr > 0, arr, out)
+                else:
+                    out[arr > 0] = value
+        top = int(out.max())
+        if top > 255:
+            raise ConversionError(f"case {case!r}: label value {top} is too large for a uint8 label map. Fix: use "
+                                  "values up to 255 (mask_label / --labels).")
         if self.fixed_labels and top > len(self.label_names):
             raise ConversionError(f"case {case!r}: mask value {top} but only {len(self.label_names)} label names were "
                                   f"given ({list(self.label_names.values())}). Fix: extend --labels.")
@@ -403,7 +474,75 @@ class _BuildContext:
             self.stage.warn(f"case {case!r}: the mask is empty on the reference grid (wrong mask_phase or frame of "
                             "reference?).")
         self.max_label = max(self.max_label, top)
+        label = sitk.GetImageFromArray(out.astype(np.uint8))
+        label.CopyInformation(ref)
         return label
+
+    def _read_mask(self, case: str, plan: CasePlan, spec: MaskSpec, uids: dict
+                   ) -> list[tuple[int | None, sitk.Image, str]]:
+        """``[(label value or None for a label map's own values, image, phase drawn on)]`` of one mask file."""
+        from nnunet_ext.conversion.dicom_io import is_dicom_seg, read_dicom_seg
+
+        phase = spec.phase or plan.mask_phase
+        name = spec.path.name
+        if is_dicom_seg(spec.path):
+            segments, refs = read_dicom_seg(spec.path, f"case {case!r} mask")
+            by_uid = {u: p for p, u in uids.items() if u}
+            drawn_on = next((by_uid[r] for r in refs if r in by_uid), None)
+            if refs and by_uid and drawn_on is None:
+                listing = ", ".join(f"{p}: {u}" for u, p in by_uid.items())
+                raise ConversionError(f"case {case!r}: DICOM SEG {spec.path} references series {', '.join(refs)}, "
+                                      f"none of which is a phase of this case ({listing}); it was drawn on another "
+                                      "series and would be placed wrongly. Fix: add the series it references as a "
+                                      "phase, or give this case its own SEG.")
+            phase = phase or drawn_on or self.reference
+            self._check_phase(case, phase, name)
+            if spec.label is not None and len(segments) > 1:
+                raise ConversionError(f"case {case!r}: mask_label {spec.label!r} is given for {name}, which holds "
+                                      f"{len(segments)} segments ({', '.join(n for _, n, _ in segments)}). Fix: leave "
+                                      "mask_label empty to use the segment labels, or export one segment per file.")
+            return [(self._value(case, spec.label or seg_name), image, phase) for _, seg_name, image in segments]
+        mask = read_image(spec.path, case, "mask")
+        phase = phase or self.reference
+        self._check_phase(case, phase, name)
+        if mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
+            raise ConversionError(f"case {case!r}: mask {name} is not a 3D label image. Fix: export it as one 3D "
+                                  "label map.")
+        arr = sitk.GetArrayViewFromImage(mask)
+        if not np.all(np.equal(np.mod(arr, 1), 0)) or arr.min() < 0:
+            raise ConversionError(f"case {case!r}: mask {name} has non-integer or negative values. Fix: export a "
+                                  "label map with 0 = background and 1..K = structures.")
+        if arr.max() > 255:
+            raise ConversionError(f"case {case!r}: mask {name} has label value {int(arr.max())}. Fix: use values up "
+                                  "to 255.")
+        image = sitk.Cast(mask, sitk.sitkUInt8)
+        if spec.label is None:
+            return [(None, image, phase)]
+        return [(self._value(case, spec.label), sitk.Cast(image > 0, sitk.sitkUInt8), phase)]
+
+    def _check_phase(self, case: str, phase: str, name: str) -> None:
+        if phase not in self.phases:
+            raise ConversionError(f"case {case!r}: mask_phase {phase!r} of {name} is not one of {self.phases}. Fix "
+                                  "the manifest.")
+
+    def _value(self, case: str, label: str) -> int:
+        """The label value of a mask label: a number as given, else the name's position in ``--labels``, else the
+        value this dataset gave the name (a new one for a new name)."""
+        if label.isdigit():
+            value = int(label)
+            if not 0 < value < 256:
+                raise ConversionError(f"case {case!r}: mask_label {label} is not a label value 1-255. Fix the "
+                                      "manifest.")
+            return value
+        for value, known in self.label_names.items():
+            if known.casefold() == label.casefold():
+                return value
+        if self.fixed_labels:
+            raise ConversionError(f"case {case!r}: mask label {label!r} is not one of --labels "
+                                  f"{list(self.label_names.values())}. Fix: add it to --labels, or set mask_label.")
+        value = max([*self.label_names, self.max_label, 0]) + 1
+        self.label_names[value] = label
+        return value
 
     def finish(self, name: str, class_names: list[str], case_labels: dict[str, str | None]) -> None:
         from nnunet_ext.data.metadata import CaseRecord, DatasetMetadata
@@ -416,7 +555,7 @@ class _BuildContext:
         if not self.stage.cases:
             self.stage.warn("no case has a mask: every case was written to imagesTs (inference only). Fix: add a mask "
                             "column to the manifest to get training cases.")
-        lesion = [v for v, n in self.label_names.items() if _LESION_NAMES.search(n)]
+        lesion = [v for v, n in self.label_names.items() if LESION_NAMES.search(n)]
         cases = {c: CaseRecord(class_index=class_names.index(case_labels[c]) if class_names and case_labels.get(c)
                                else None) for c in self.stage.cases}
         metadata = DatasetMetadata(class_names=class_names or None, lesion_labels=sorted(lesion) or None,
@@ -459,8 +598,8 @@ def add_parser(sub) -> None:
                                    "a manifest CSV or detected from DICOM tags.")
     add_common_arguments(p, "Multiphase", source_help="root folder of the DICOM data (manifest paths are relative "
                                                       "to it)")
-    p.add_argument("--manifest", help="CSV: case, phase, series[, series_uid, mask, mask_phase, label]; without it "
-                                      "the phases are detected from the DICOM tags")
+    p.add_argument("--manifest", help="CSV: case, phase, series[, series_uid, mask, mask_label, mask_phase, label]; "
+                                      "without it the phases are detected from the DICOM tags")
     p.add_argument("--phases", help="comma-separated channel order, e.g. arterial,portal_venous,delayed")
     p.add_argument("--reference", help="reference phase (default: portal venous)")
     p.add_argument("--no-registration", action="store_true", help="do not register the phases (they must then "
@@ -468,6 +607,9 @@ def add_parser(sub) -> None:
     p.add_argument("--classes", help="comma-separated class names (default: the distinct manifest labels)")
     p.add_argument("--labels", help="comma-separated names of mask values 1..K (default: SEG segment labels)")
     p.add_argument("--write-manifest", help="save the detected phase mapping as a manifest CSV")
+    p.add_argument("--allow-mixed-studies", action="store_true",
+                   help="accept phases of one patient with different StudyInstanceUIDs that share no "
+                        "FrameOfReferenceUID or AccessionNumber (recorded in conversion_report.json)")
     p.add_argument("--reg-shrink", type=int, nargs="+", default=[4, 2, 1], help="pyramid shrink factors")
     p.add_argument("--reg-smoothing", type=float, nargs="+", default=[2.0, 1.0, 0.0], help="pyramid sigmas (voxels)")
     p.add_argument("--reg-iterations", type=int, default=200, help="optimiser iterations per level")
@@ -476,4 +618,5 @@ def add_parser(sub) -> None:
         a.source, a.dataset_id, a.manifest, a.output, a.name, _csv_list(a.phases), a.reference,
         not a.no_registration, RegistrationOptions(tuple(a.reg_shrink), tuple(a.reg_smoothing), a.reg_iterations,
                                                    a.reg_sampling),
-        _csv_list(a.classes), _csv_list(a.labels), a.write_manifest, a.overwrite, a.skip_invalid))
+        _csv_list(a.classes), _csv_list(a.labels), a.write_manifest, a.overwrite, a.skip_invalid,
+        a.allow_mixed_studies, a.licence))

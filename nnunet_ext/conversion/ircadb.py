@@ -166,7 +166,8 @@ def _describe(ct: sitk.Image, label: sitk.Image) -> str:
 
 def convert_ircadb(source: str | Path, dataset_id: int, output: str | Path | None = None, name: str = "3DIRCADb",
                    overwrite: bool = False, texts: str | Path | None = None, describe: bool = True,
-                   two_d: bool = False, dataset_id_2d: int | None = None, skip_invalid: bool = False
+                   two_d: bool = False, dataset_id_2d: int | None = None, skip_invalid: bool = False,
+                   licence: str | None = None
                    ) -> ConversionResult:
     """Convert 3D-IRCADb to ``Dataset{id}_{name}`` (3D) and, with ``two_d``, ``Dataset{id_2d}_{name}2D``.
 
@@ -188,7 +189,8 @@ def convert_ircadb(source: str | Path, dataset_id: int, output: str | Path | Non
     user_texts = load_texts(texts)
     inputs = _inputs(patients, texts)
     options = {"texts": texts is not None, "describe": describe, "skip_invalid": skip_invalid}
-    job = ConversionJob("ircadb", dataset_id, name, output, overwrite, inputs, source, options, skip_invalid)
+    job = ConversionJob("ircadb", dataset_id, name, output, overwrite, inputs, source, options, skip_invalid,
+                        licence)
 
     def build(stage: Stage) -> None:
         case_texts: dict[str, str] = {}
@@ -210,21 +212,22 @@ def convert_ircadb(source: str | Path, dataset_id: int, output: str | Path | Non
     result = job.run(build)
     if two_d:
         res2d = convert_ircadb_2d(source, dataset_id_2d or dataset_id + 1, output, f"{name}2D", overwrite, texts,
-                                  describe, skip_invalid)
+                                  describe, skip_invalid, licence)
         result.reports["dataset_2d"] = res2d.folder
     return result
 
 
 def convert_ircadb_2d(source: str | Path, dataset_id: int, output: str | Path | None = None,
                       name: str = "3DIRCADb2D", overwrite: bool = False, texts: str | Path | None = None,
-                      describe: bool = True, skip_invalid: bool = False) -> ConversionResult:
+                      describe: bool = True, skip_invalid: bool = False,
+                      licence: str | None = None) -> ConversionResult:
     """The 2D slice dataset alone: every axial slice containing liver, ``(1, Y, X)`` NIfTI, with a per-slice text."""
     source = existing_path(source, "3D-IRCADb source", folder=True)
     patients = find_ircadb_patients(source)
     user_texts = load_texts(texts)
     options = {"texts": texts is not None, "describe": describe, "skip_invalid": skip_invalid, "slices": "liver"}
     job = ConversionJob("ircadb-2d", dataset_id, name, output, overwrite, _inputs(patients, texts), source, options,
-                        skip_invalid)
+                        skip_invalid, licence)
 
     def build(stage: Stage) -> None:
         slice_texts: dict[str, str] = {}
@@ -275,4 +278,5 @@ def add_parser(sub) -> None:
     p.add_argument("--2d", dest="two_d", action="store_true", help="also write a 2D slice dataset (slices with liver)")
     p.add_argument("--2d-id", dest="dataset_id_2d", type=int, default=None, help="its dataset id (default: -d + 1)")
     p.set_defaults(func=lambda a: convert_ircadb(a.source, a.dataset_id, a.output, a.name, a.overwrite, a.texts,
-                                                 not a.no_describe, a.two_d, a.dataset_id_2d, a.skip_invalid))
+                                                 not a.no_describe, a.two_d, a.dataset_id_2d, a.skip_invalid,
+                                                 a.licence))

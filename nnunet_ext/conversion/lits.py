@@ -61,7 +61,7 @@ def find_lits_cases(source: Path) -> tuple[dict[str, tuple[Path, Path | None]], 
 
 def convert_lits(source: str | Path, dataset_id: int, output: str | Path | None = None, name: str = "LiTS",
                  overwrite: bool = False, copy_image_geometry: bool = False,
-                 skip_invalid: bool = False) -> ConversionResult:
+                 skip_invalid: bool = False, licence: str | None = None) -> ConversionResult:
     """Convert a LiTS download to ``<output or $nnUNet_raw>/Dataset{id}_{name}``.
 
     Args:
@@ -78,7 +78,8 @@ def convert_lits(source: str | Path, dataset_id: int, output: str | Path | None 
     train, tests, orphans = find_lits_cases(source)
     inputs = [p for v, s in train.values() for p in (v, s) if p is not None] + list(tests.values())
     job = ConversionJob("lits", dataset_id, name, output, overwrite, inputs, source,
-                        {"copy_image_geometry": copy_image_geometry, "skip_invalid": skip_invalid}, skip_invalid)
+                        {"copy_image_geometry": copy_image_geometry, "skip_invalid": skip_invalid}, skip_invalid,
+                        licence)
 
     def build(stage: Stage) -> None:
         for seg in orphans:
@@ -142,4 +143,4 @@ def add_parser(sub) -> None:
     p.add_argument("--copy-image-geometry", action="store_true",
                    help="give segmentations whose header disagrees with the volume the volume's geometry")
     p.set_defaults(func=lambda a: convert_lits(a.source, a.dataset_id, a.output, a.name, a.overwrite,
-                                               a.copy_image_geometry, a.skip_invalid))
+                                               a.copy_image_geometry, a.skip_invalid, a.licence))

@@ -125,7 +125,8 @@ def convert_mri_classification(source: str | Path, dataset_id: int, csv_path: st
                                sequences: Sequence[str] | None = None, clinical: Sequence[str] | None = None,
                                classes: Sequence[str] | None = None, impute: str | None = None,
                                case_column: str = "case", label_column: str = "label", roi_column: str = "roi",
-                               overwrite: bool = False, skip_invalid: bool = False) -> ConversionResult:
+                               overwrite: bool = False, skip_invalid: bool = False,
+                               licence: str | None = None) -> ConversionResult:
     """Convert a folder + CSV to ``Dataset{id}_{name}`` with classification and tabular metadata.
 
     Args:
@@ -167,7 +168,7 @@ def convert_mri_classification(source: str | Path, dataset_id: int, csv_path: st
     options = {"sequences": seqs, "clinical": clin, "classes": class_names, "impute": impute,
                "skip_invalid": skip_invalid}
     job = ConversionJob("mri-classification", dataset_id, name, output, overwrite, inputs, source, options,
-                        skip_invalid)
+                        skip_invalid, licence)
     by_case = {c: (r, lab, f) for c, r, lab, f in zip(cases, rows, labels, features)}
 
     def build(stage: Stage) -> None:
@@ -295,4 +296,5 @@ def add_parser(sub) -> None:
     p.add_argument("--roi-column", default="roi")
     p.set_defaults(func=lambda a: convert_mri_classification(
         a.source, a.dataset_id, a.csv, a.output, a.name, _csv_list(a.sequences), _csv_list(a.clinical),
-        _csv_list(a.classes), a.impute, a.case_column, a.label_column, a.roi_column, a.overwrite, a.skip_invalid))
+        _csv_list(a.classes), a.impute, a.case_column, a.label_column, a.roi_column, a.overwrite, a.skip_invalid,
+        a.licence))

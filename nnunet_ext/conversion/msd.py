@@ -57,7 +57,8 @@ def _load_msd_json(source: Path) -> dict:
 
 
 def convert_msd(source: str | Path, dataset_id: int, output: str | Path | None = None, name: str | None = None,
-                overwrite: bool = False, num_processes: int = 1, skip_invalid: bool = False) -> ConversionResult:
+                overwrite: bool = False, num_processes: int = 1, skip_invalid: bool = False,
+                licence: str | None = None) -> ConversionResult:
     """Convert an MSD task folder to ``<output or $nnUNet_raw>/Dataset{id}_{name}`` (name default: the task name,
     e.g. ``Liver``) with nnU-Net's converter.
 
@@ -73,7 +74,7 @@ def convert_msd(source: str | Path, dataset_id: int, output: str | Path | None =
     images, labels, tests = (_nifti_files(source / s) for s in ("imagesTr", "labelsTr", "imagesTs"))
     inputs = [source / "dataset.json", *images.values(), *labels.values(), *tests.values()]
     job = ConversionJob("msd", dataset_id, name, output, overwrite, inputs, source,
-                        {"skip_invalid": skip_invalid}, skip_invalid)
+                        {"skip_invalid": skip_invalid}, skip_invalid, licence)
     n_channels = len(dj["modality"])
 
     def build(stage: Stage) -> None:
@@ -117,6 +118,7 @@ def convert_msd(source: str | Path, dataset_id: int, output: str | Path | None =
         stage.collect_cases()
         out = json.loads((stage.folder / "dataset.json").read_text(encoding="utf-8"))
         out.update({"name": name, "numTraining": len(stage.cases), "converted_by": "nnunet-ext convert msd"})
+        stage.fix_licence(out)
         (stage.folder / "dataset.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
 
     return job.run(build)
@@ -147,4 +149,4 @@ def add_parser(sub) -> None:
     p.add_argument("-np", dest="num_processes", type=int, default=1, help="processes for splitting 4D images")
     p.set_defaults(func=lambda a: convert_msd(a.source, a.dataset_id, a.output,
                                               None if a.name == "<task name>" else a.name, a.overwrite,
-                                              a.num_processes, a.skip_invalid))
+                                              a.num_processes, a.skip_invalid, a.licence))

@@ -66,7 +66,8 @@ def _load_v1_json(source: Path) -> dict:
 
 def convert_nnunet_v1(source: str | Path, dataset_id: int, output: str | Path | None = None, name: str | None = None,
                       overwrite: bool = False, rename_channels: dict[int, str] | None = None,
-                      copy_image_geometry: bool = False, skip_invalid: bool = False) -> ConversionResult:
+                      copy_image_geometry: bool = False, skip_invalid: bool = False,
+                      licence: str | None = None) -> ConversionResult:
     """Convert a v1 raw task to ``<output or $nnUNet_raw>/Dataset{id}_{name}`` (name default: from ``TaskXXX_Name``).
 
     Args:
@@ -99,7 +100,8 @@ def convert_nnunet_v1(source: str | Path, dataset_id: int, output: str | Path | 
     options = {"rename_channels": {str(k): v for k, v in sorted(rename.items())},
                "copy_image_geometry": copy_image_geometry, "skip_invalid": skip_invalid}
     declared = _declared_label_values(source, dj)
-    job = ConversionJob("nnunet-v1", dataset_id, name, output, overwrite, inputs, source, options, skip_invalid)
+    job = ConversionJob("nnunet-v1", dataset_id, name, output, overwrite, inputs, source, options, skip_invalid,
+                        licence)
 
     def build(stage: Stage) -> None:
         complete: dict[str, dict[int, Path]] = {}
@@ -138,6 +140,7 @@ def convert_nnunet_v1(source: str | Path, dataset_id: int, output: str | Path | 
                        f"Fix: re-run with --rename-channel {idx}={suggestion} (any non-CT name selects per-image "
                        "z-score normalisation).")
         out.update({"name": name, "numTraining": len(stage.cases), "converted_by": "nnunet-ext convert nnunet-v1"})
+        stage.fix_licence(out)
         (stage.folder / "dataset.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
 
     return job.run(build)
@@ -290,4 +293,4 @@ def add_parser(sub) -> None:
                    help="give labels whose header disagrees with the images the images' geometry")
     p.set_defaults(func=lambda a: convert_nnunet_v1(
         a.source, a.dataset_id, a.output, None if a.name == "<task name>" else a.name, a.overwrite,
-        parse_mapping(a.rename_channel, "--rename-channel"), a.copy_image_geometry, a.skip_invalid))
+        parse_mapping(a.rename_channel, "--rename-channel"), a.copy_image_geometry, a.skip_invalid, a.licence))

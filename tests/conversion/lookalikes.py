@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ext.conversion.dicom_seg import write_dicom_seg
 from nnunet_ext.conversion.export_dicom import (  # noqa: F401 (re-exported for the tests)
     dicom_uid,
     displace_dicom_geometry,
@@ -243,3 +244,45 @@ def add_reformatted_slice(series_folder: Path, tags: Mapping[str, str]) -> Path:
     """Drop a coronal slice (another ImageOrientationPatient) with the same SeriesInstanceUID into an axial series."""
     img = to_image(np.zeros((1, SHAPE[1], SHAPE[2]), np.int16), origin=(0.0, 30.0, 0.0))
     return write_dicom_series(img, series_folder, tags, pattern="1-99.dcm", iop=[1, 0, 0, 0, 0, -1])[0]
+
+
+def write_seg(slice_files: Sequence[Path], mask: np.ndarray, label: str, path: Path) -> Path:
+    """A manual DICOM SEG (highdicom) of the binary ``mask`` ``(z, y, x)`` drawn on the series of ``slice_files``
+    (slice ``k`` = ``slice_files[k]``), one segment named ``label``."""
+    write_dicom_seg(mask.astype(np.uint8), slice_files, {1: label}, path, series_description=f"ROI {label}",
+                    manufacturer="GE MEDICAL SYSTEMS")
+    return path
+
+
+GE_SERIES = (("arterial", "11_AP_Ax5.00mm", 11, "101500.000"), ("delayed", "31_EQP_Ax5.00mm", 31, "102030.000"))
+
+
+def make_ge_export(root: Path, patient: str = "GE0001", shape=(12, 32, 32), reformatted: bool = True,
+                   study_per_series: bool = True, frame_of_reference: bool = True) -> dict:
+    """A GE-like anonymised multiphase liver CT export: ``root/{patient}/{series number}/IM-NN.dcm`` for the
+    arterial (``11_AP_Ax5.00mm``) and equilibrium (``31_EQP_Ax5.00mm``) phases, each series with its own
+    StudyInstanceUID (as some PACS exports and anonymisers write them) but one FrameOfReferenceUID, AccessionNumber
+    and StudyDate; a reformatted (coronal) slice mixed into the arterial series; the liver drawn on the
+    equilibrium phase and the tumour on the arterial phase as two DICOM SEG files under ``root/{patient}/ROI``.
+    Returns the series folders, the SEG files and the truth ``seg`` (liver 1, tumour 2)."""
+    out: dict = {"series": {}, "files": {}}
+    seg = None
+    for k, (phase, description, number, time) in enumerate(GE_SERIES):
+        liver_hu, lesion_hu = PHASE_HU[phase]
+        ct, seg = tiny_liver(shape, seed=7, liver_hu=liver_hu, lesion_hu=lesion_hu)
+        folder = root / patient / str(number)
+        tags = {"0008|0060": "CT", "0010|0020": patient, "0008|0070": "GE MEDICAL SYSTEMS",
+                "0020|000d": uid(700, k + 1) if study_per_series else uid(700, 1), "0020|000e": uid(700, 10 + number),
+                "0008|103e": description, "0008|0032": time, "0008|0031": time, "0020|0011": str(number),
+                "0008|0050": "A2024011501", "0008|0020": "20240115", "0018|0010": "OMNIPAQUE 350"}
+        if frame_of_reference:
+            tags["0020|0052"] = uid(700, 99)
+        files = write_dicom_series(to_image(ct), folder, tags, pattern="IM-{:02d}.dcm")
+        if reformatted and phase == "arterial":
+            add_reformatted_slice(folder, tags)
+        out["series"][phase], out["files"][phase] = folder, files
+    roi = root / patient / "ROI"
+    out["liver"] = write_seg(out["files"]["delayed"], seg >= 1, "Liver", roi / "liver.dcm")
+    out["tumour"] = write_seg(out["files"]["arterial"], seg == 2, "Tumour", roi / "tumour.dcm")
+    out["seg"] = seg
+    return out

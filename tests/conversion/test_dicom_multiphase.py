@@ -242,9 +242,9 @@ def test_real_series_of_another_patient_or_modality_raise(real_data, copy_of, tm
     # a CT of another patient and study registered onto the MR case
     manifest = _dce_manifest(tmp_path / "m.csv", [dce / DCE[0], real_data / "ct_liver_dicom_seg", dce / DCE[2],
                                                   dce / DCE[3]])
-    with pytest.raises(ConversionError, match=r"case 'ProstateX-0218': the phases are series of different patients, "
-                                              r"studies or modalities \(PatientID precontrast='ProstateX-0218', "
-                                              r"arterial='99000', .*; StudyInstanceUID .*; Modality "
+    with pytest.raises(ConversionError, match=r"case 'ProstateX-0218': the phases are series of different patients "
+                                              r"or modalities \(PatientID precontrast='ProstateX-0218', "
+                                              r"arterial='99000', .*; Modality "
                                               r"precontrast='MR', arterial='CT', portal_venous='MR', delayed='MR'\)\. "
                                               r"Fix: correct the series"):
         convert_dicom_multiphase(dce, 923, manifest, output=out, register=False)
@@ -263,6 +263,26 @@ def test_real_series_of_another_patient_or_modality_raise(real_data, copy_of, tm
                                               r"delayed='ProstateX-0218'\)\. Fix"):
         convert_dicom_multiphase(dce, 923, manifest, output=out, register=False)
     assert _nothing_written(out)
+    # --allow-mixed-studies does not override another patient
+    with pytest.raises(ConversionError, match=r"PatientID precontrast='ProstateX-0218', arterial='ProstateX-0999'"):
+        convert_dicom_multiphase(dce, 923, manifest, output=out, register=False, allow_mixed_studies=True)
+    # the same patient in another study: accepted when the frame of reference is shared (one exam exported as
+    # several studies), else only when the user says so
+    _retag(other, PatientID="ProstateX-0218", StudyInstanceUID="1.2.3.4.5")
+    res = convert_dicom_multiphase(dce, 923, manifest, output=out, register=False)
+    assert any("different StudyInstanceUIDs" in w and "share the FrameOfReferenceUID" in w for w in res.warnings)
+    shutil.rmtree(res.folder)
+    _retag(other, FrameOfReferenceUID="1.2.3.4.6", AccessionNumber="999")
+    with pytest.raises(ConversionError, match=r"series of different studies \(StudyInstanceUID precontrast=.*"
+                                              r"arterial='1\.2\.3\.4\.5'.*\) that share neither a "
+                                              r"FrameOfReferenceUID nor an AccessionNumber\. "
+                                              r"Fix: .*--allow-mixed-studies"):
+        convert_dicom_multiphase(dce, 923, manifest, output=out, register=False)
+    res = convert_dicom_multiphase(dce, 923, manifest, output=out, register=False, allow_mixed_studies=True)
+    assert any("--allow-mixed-studies was given" in w for w in res.warnings)
+    report = json.loads((res.folder / "conversion_report.json").read_text(encoding="utf-8"))
+    assert report["options"]["allow_mixed_studies"] is True
+    shutil.rmtree(res.folder)
     # anonymised: blank PatientID and StudyInstanceUID are unknown, not a conflict
     _retag(other, PatientID="", StudyInstanceUID="")
     res = convert_dicom_multiphase(dce, 923, manifest, output=out, register=False)
