@@ -291,7 +291,8 @@ def _predict(args) -> None:
     model, folds = _model_and_folds(args)
     predict(args.i, args.o, model, folds, args.chk, args.step_size, args.disable_tta, args.device, args.npp,
             args.nps, args.save_probabilities, args.verbose, texts=args.texts, tabular=args.tabular,
-            allow_missing_text=args.allow_missing_text, trust_checkpoint=args.trust_checkpoint)
+            allow_missing_text=args.allow_missing_text, trust_checkpoint=args.trust_checkpoint,
+            dicom_seg=args.dicom_seg, dicom_reference=args.dicom_reference)
     print(f"Predictions written to {args.o}")
 
 
@@ -313,7 +314,8 @@ def _default_device() -> str:
 
 def _add_model_input_args(p, trainer: str, plans: str) -> None:
     """The flags ``predict`` and ``attention`` share with nnUNetv2_predict: input, output and the trained model."""
-    p.add_argument("-i", required=True, help="input folder (CASE_XXXX.nii.gz files)")
+    p.add_argument("-i", required=True, help="input folder (CASE_XXXX.nii.gz files; for predict also a folder of "
+                                             "DICOM series)")
     p.add_argument("-o", required=True, help="output folder")
     p.add_argument("-d", help="dataset id or name")
     p.add_argument("-c", default="3d_fullres")
@@ -391,6 +393,12 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-missing-text", dest="allow_missing_text", action="store_true",
                    help="predict cases without text with the network's learned 'no text' embedding (only for "
                         "networks that declare one)")
+    p.add_argument("--dicom-seg", dest="dicom_seg", action="store_true",
+                   help="also write each case's segmentation as a DICOM SEG (CASE_seg.dcm) referencing its DICOM "
+                        "series: the input series (-i a folder of DICOM series), or --dicom-reference")
+    p.add_argument("--dicom-reference", dest="dicom_reference", default=None,
+                   help="for --dicom-seg with NIfTI input: the DICOM series folder the case was made from, or a CSV "
+                        "case,series")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_predict, parser=p)
 

@@ -16,7 +16,8 @@ def predict(input_folder: str, output_folder: str, model_folder: str, folds=None
             device: str = "cuda", num_processes_preprocessing: int = 2, num_processes_export: int = 2,
             save_probabilities: bool = False, verbose: bool = False, texts: str | None = None,
             tabular: str | None = None, allow_missing_text: bool = False,
-            trust_checkpoint: bool | None = None) -> dict | None:
+            trust_checkpoint: bool | None = None, dicom_seg: bool = False,
+            dicom_reference: str | None = None) -> dict | None:
     """Segment every case of ``input_folder`` and, for models with a class head, write ``classification.csv`` and
     ``classification.json`` into ``output_folder``. Returns {case_id: probabilities} (None without a head).
 
@@ -30,15 +31,57 @@ def predict(input_folder: str, output_folder: str, model_folder: str, folds=None
     each input its network needs; a network with a learned "no text" fallback predicts cases without text only with
     ``allow_missing_text``. Texts are embedded with the encoder recorded in the model folder. Everything is checked
     before the first case runs.
+
+    DICOM (:mod:`nnunet_ext.inference.dicom_output`): ``input_folder`` may hold DICOM series (one case each, for
+    models with one channel); ``dicom_seg`` also writes every case's segmentation as ``CASE_seg.dcm``, referencing
+    its DICOM input series or the series ``dicom_reference`` names for NIfTI input.
     """
-    from nnunet_ext.inference.outputs import check_output_folder, merge_classifications, model_identity, write_record
+    import tempfile
+
+    from nnunet_ext.inference.dicom_output import dicom_input_cases, is_dicom_input, reference_series, segment_names
+    from nnunet_ext.inference.outputs import check_output_folder, model_identity
+
+    dataset_json = load_dataset_json(os.path.join(model_folder, "dataset.json"))
+    identity = model_identity(model_folder, folds, checkpoint_name)
+    check_output_folder(input_folder, output_folder, model_folder, identity)
+    if dicom_reference is not None and not dicom_seg:
+        raise InputError("--dicom-reference is only used with --dicom-seg. Fix: add --dicom-seg, or drop it.")
+    if dicom_seg:
+        segment_names(dataset_json)  # region-based models are refused before anything runs
+    with tempfile.TemporaryDirectory(prefix="nnunet_ext_dicom_input_") as work:
+        sources = {}
+        if is_dicom_input(input_folder, dataset_json["file_ending"]):
+            if dicom_reference is not None:
+                raise InputError("--dicom-reference is for NIfTI input; with DICOM input the segmentation refers to "
+                                 "the input series. Fix: drop --dicom-reference.")
+            sources = dicom_input_cases(input_folder, dataset_json, work)
+            input_folder = work
+        elif dicom_seg:
+            if dicom_reference is None:
+                raise InputError("--dicom-seg needs the DICOM series each case was made from: give DICOM input (-i "
+                                 "a folder of series) or --dicom-reference (a series folder, or a CSV case,series).")
+            sources = reference_series(dicom_reference, check_input_folder(input_folder, dataset_json))
+        probabilities = _predict_folder(input_folder, output_folder, model_folder, dataset_json, identity, folds,
+                                        checkpoint_name, step_size, disable_tta, device, num_processes_preprocessing,
+                                        num_processes_export, save_probabilities, verbose, texts, tabular,
+                                        allow_missing_text, trust_checkpoint)
+        if dicom_seg:
+            from nnunet_ext.inference.dicom_output import write_case_segs
+
+            written = write_case_segs(output_folder, sources, dataset_json, model_folder)
+            print(f"DICOM SEG: {len(written)} file(s) written to {output_folder}")
+    return probabilities
+
+
+def _predict_folder(input_folder, output_folder, model_folder, dataset_json, identity, folds, checkpoint_name,
+                    step_size, disable_tta, device, num_processes_preprocessing, num_processes_export,
+                    save_probabilities, verbose, texts, tabular, allow_missing_text, trust_checkpoint):
+    """:func:`predict` on a folder of nnU-Net input images (output folder already checked)."""
+    from nnunet_ext.inference.outputs import merge_classifications, write_record
     from nnunet_ext.inference.predictor import ClassifyingPredictor
     from nnunet_ext.paths import ensure_trainer_path
 
     ensure_trainer_path()  # nnU-Net finds the trainer class of the model by name on this path
-    dataset_json = load_dataset_json(os.path.join(model_folder, "dataset.json"))
-    identity = model_identity(model_folder, folds, checkpoint_name)
-    check_output_folder(input_folder, output_folder, model_folder, identity)
     cases = check_input_folder(input_folder, dataset_json)
     dev = torch_device(device)
     predictor = ClassifyingPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
