@@ -42,6 +42,17 @@ def short_names(methods: Sequence[str]) -> dict[str, str]:
     return bare if len(set(bare.values())) == len(bare) else {m: m for m in methods}
 
 
+def _method_ticks(ax, positions, methods: Sequence[str], fontsize: float = 8) -> None:
+    """Method names as x tick labels that cannot overlap: ``trainer:plans:configuration`` broken into lines at the
+    colons, and set vertically when a line is too long to stand horizontally between its neighbours (an axis-aligned
+    label's box is what it covers; a slanted label's neighbours would overlap it)."""
+    lines = [str(m).replace(":", "\n") for m in methods]
+    longest = max((len(part) for text in lines for part in text.split("\n")), default=0)
+    vertical = longest > 10 and len(methods) > 1
+    ax.set_xticks(list(positions), lines, rotation=90 if vertical else 0, ha="center",
+                  va="top", fontsize=fontsize, linespacing=1.0)
+
+
 def _figure(n_panels: int, panel_w: float = 4.2, panel_h: float = 3.8, max_cols: int = 3):
     cols = min(max(n_panels, 1), max_cols)
     rows = int(np.ceil(max(n_panels, 1) / cols))
@@ -87,7 +98,7 @@ def violins_by_method(panels: Mapping[str, Mapping[str, Sequence[float]]], ylabe
         methods = list(by_method)
         _violin(ax, np.arange(len(methods)), [np.asarray(by_method[m]) for m in methods], _colors(len(methods)),
                 0.7)
-        ax.set_xticks(np.arange(len(methods)), methods, rotation=25, ha="right", fontsize=8)
+        _method_ticks(ax, np.arange(len(methods)), methods)
         ax.set_title(structure)
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
@@ -209,7 +220,7 @@ def ablation_bars(panels: Mapping[str, Mapping[str, Interval]], full_model: str,
         if not span > 1e-9:  # all differences zero: a readable symmetric axis instead of a 1e-17 offset
             ax.set_ylim(-0.05, 0.05)
         ax.ticklabel_format(axis="y", useOffset=False)
-        ax.set_xticks(x, methods, rotation=25, ha="right", fontsize=8)
+        _method_ticks(ax, x, methods)
         ax.set_ylabel("method - full model")
         ax.set_title(metric)
         ax.grid(axis="y", alpha=0.3)

@@ -237,28 +237,32 @@ def save_maps_in_input_geometry(output_folder: str, case: str, attention: torch.
 
 
 def plot_case(path: str, case: str, rows: list[dict], phases: list[str], layer: int) -> None:
-    """Grouped bars: one group per lesion, one bar per phase (and the CLS remainder)."""
-    import matplotlib
+    """Grouped bars: one group per lesion, one bar per phase (and the CLS remainder). Drawn in the package's style
+    (:func:`nnunet_ext.plotting.default_style`: a seaborn style leaked by nnU-Net's progress plot would enlarge every
+    font until the labels overlap), on a figure wide enough for one labelled group per lesion."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from nnunet_ext.plotting import default_style
 
     names = [*phases, "cls"]
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(rows) * len(names) + 3.5), 3.4))
-    width = 0.8 / len(names)
-    x = np.arange(len(rows))
-    for i, name in enumerate(names):
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, [r[f"attention_{name}"] for r in rows], width,
-               label="CLS itself" if name == "cls" else name, color="0.75" if name == "cls" else None)
-    ax.set_xticks(x, [f"lesion {r['lesion']}\n{r['volume_mm3']:.0f} mm³" for r in rows])
-    ax.set_ylabel("CLS attention")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{case}: attention over phases per lesion\n(layer {layer}; mean over heads and lesion voxels)",
-                 fontsize=9)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with default_style():
+        fig = Figure(figsize=(max(5.5, 0.3 * len(rows) * len(names) + 0.9 * len(rows) + 3.0), 3.6),
+                     layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        width = 0.8 / len(names)
+        x = np.arange(len(rows))
+        for i, name in enumerate(names):
+            ax.bar(x + (i - (len(names) - 1) / 2) * width, [r[f"attention_{name}"] for r in rows], width,
+                   label="CLS itself" if name == "cls" else name, color="0.75" if name == "cls" else None)
+        ax.set_xticks(x, [f"lesion {r['lesion']}\n{r['volume_mm3']:.0f} mm³" for r in rows], fontsize=8)
+        ax.set_ylabel("CLS attention", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{case}: attention over phases per lesion\n(layer {layer}; mean over heads and lesion voxels)",
+                     fontsize=9)
+        fig.legend(fontsize=8, loc="outside right upper")
+        fig.savefig(path, dpi=120)
 
 
 def reference_segmentations(folder: str, cases: list[str], ending: str) -> dict[str, str]:
