@@ -93,6 +93,8 @@ def _case_problems(case: str, files: dict, channel_names: list[str], allowed: se
         out.append(f"case {case!r}: label file {label} does not exist. Fix: provide the segmentation (labelsTr/"
                    f"{case}{ending}), or move the case's images out of imagesTr (e.g. to imagesTs).")
         return out
+    if not out:
+        out += _grid_problems(case, [channels[c] for c in range(n)], channel_names, label)
     try:
         voxels = read_voxels(label)
     except Exception:  # noqa: BLE001  check_image_file turns the reader's error into the message
@@ -117,11 +119,51 @@ def _case_problems(case: str, files: dict, channel_names: list[str], allowed: se
     return out
 
 
+def _grid_problems(case: str, channels: list[str], channel_names: list[str], label: str) -> list[str]:
+    """Every channel and the label on channel 0's voxel grid (headers only). nnU-Net only warns about channels whose
+    origins differ and trains with them misaligned (``predict`` refuses the same case), ignores a label's spacing,
+    origin and direction (the model trains on a misplaced label), and fails on a label of another size with a
+    broadcast error that names no case."""
+    from nnunet_ext.data.geometry import header_mismatch, image_header
+    from nnunet_ext.data.integrity import ImageFileError
+
+    try:
+        headers = [image_header(f, case, f"channel {c} ({channel_names[c]!r})") for c, f in enumerate(channels)]
+        label_header = image_header(label, case, "label")
+    except ImageFileError as e:
+        return [str(e)]
+    out = []
+    for c in range(1, len(channels)):
+        diff = header_mismatch(headers[0], headers[c])
+        if diff:
+            out.append(f"case {case!r}: channel {c} ({channel_names[c]!r}, {channels[c]}) is not on the voxel grid of "
+                       f"channel 0 ({diff}). nnU-Net would only warn and train with the channels misaligned, and "
+                       "nnunet-ext predict refuses such a case. Fix: register and resample every channel onto channel "
+                       "0's grid (nnunet-ext convert dicom-multiphase does this for DICOM phases), then rerun.")
+    diff = header_mismatch(headers[0], label_header)
+    if diff and label_header.GetSize() != headers[0].GetSize():
+        out.append(f"case {case!r}: label {label} has {label_header.GetSize()} voxels, the images "
+                   f"{headers[0].GetSize()} ({diff}). nnU-Net would stop with a broadcast error that names no case. "
+                   "Fix: export the label on the image's voxel grid (or resample it onto the image, nearest "
+                   "neighbour).")
+    elif diff:
+        out.append(f"case {case!r}: label {label} is not on the image's voxel grid ({diff}); nnU-Net ignores the "
+                   "label's geometry, so the model would train on a misplaced label. Fix: resample the label onto the "
+                   "image grid (nearest neighbour); if its voxels do match the image and only the header is wrong, "
+                   "copy the image's spacing, origin and direction into it (nnunet-ext convert lits / nnunet-v1 "
+                   "--copy-image-geometry).")
+    return out
+
+
 def check_training_cases(raw_folder: str, dataset_json: dict | None = None, num_processes: int = 1) -> list[str]:
     """Problems of the training cases of a raw dataset (empty when every case is usable): every channel file and
-    the label present, whole and finite, and only label values that dataset.json declares. SimpleITK, and so
-    nnU-Net, reads truncated and NaN-holding NIfTI files silently, and undeclared labels only fail in training."""
+    the label present, whole and finite, on one voxel grid (:func:`_grid_problems`), and only label values that
+    dataset.json declares. SimpleITK, and so nnU-Net, reads truncated and NaN-holding NIfTI files silently, and
+    undeclared labels only fail in training. A progress bar is shown from 50 cases on."""
+    import sys
     from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
 
     from nnunet_ext.data.metadata import _channel_names, load_dataset_json
 
@@ -132,9 +174,12 @@ def check_training_cases(raw_folder: str, dataset_json: dict | None = None, num_
         problems.append(f"{raw_folder} has no training cases. Fix: put the images into imagesTr (CASE_XXXX"
                         f"{dj['file_ending']}) and the labels into labelsTr.")
     names, allowed, ending = _channel_names(dj), _declared_label_values(dj), dj["file_ending"]
-    with ThreadPoolExecutor(max_workers=max(1, num_processes)) as pool:  # file reads and zlib release the GIL
+    with ThreadPoolExecutor(max_workers=max(1, num_processes)) as pool, \
+            tqdm(total=len(cases), desc="checking training cases", unit="case", file=sys.stderr,
+                 disable=len(cases) < 50) as bar:  # file reads and zlib release the GIL
         for found in pool.map(lambda k: _case_problems(k, cases[k], names, allowed, ending), sorted(cases)):
             problems += found
+            bar.update()
     return problems
 
 

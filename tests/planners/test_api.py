@@ -142,3 +142,44 @@ def test_stale_fingerprint_and_split_are_refused_and_clean_replaces_them(planned
     assert sorted(k for fold in split for k in fold["val"]) == [f"case_{i:03d}" for i in range(6)]
     fingerprint = json.load(open(os.path.join(pre, "dataset_fingerprint.json"), encoding="utf-8"))
     assert len(fingerprint["spacings"]) == 6
+
+
+def _rewrite(path: str, **geometry) -> None:
+    img = sitk.ReadImage(path)
+    for key, value in geometry.items():
+        getattr(img, f"Set{key}")(value)
+    sitk.WriteImage(img, path)
+
+
+def test_labels_and_channels_off_the_image_grid_are_named_before_the_fingerprint(nnunet_dirs):
+    raw = make_tiny_multiphase_dataset(str(nnunet_dirs["nnUNet_raw"]), 914, n_cases=6, name="OffGrid")
+    lab = os.path.join(raw, "labelsTr", "case_{}.nii.gz").format
+    img = sitk.ReadImage(lab("001"))
+    _rewrite(lab("001"), Spacing=tuple(s * 1.2 for s in img.GetSpacing()))  # same size, other spacing: was silent
+    _rewrite(lab("002"), Origin=tuple(o + 6.0 for o in img.GetOrigin()))  # other origin: was silent
+    small = sitk.GetImageFromArray(sitk.GetArrayFromImage(img)[:, :16, :])  # other size: was a broadcast traceback
+    small.CopyInformation(img[:, :16, :])
+    sitk.WriteImage(small, lab("003"))
+    channel = os.path.join(raw, "imagesTr", "case_004_0001.nii.gz")  # a shifted phase: was nnU-Net's buried warning
+    _rewrite(channel, Origin=tuple(o + 4.5 for o in sitk.ReadImage(channel).GetOrigin()))
+    with pytest.raises(DataError) as info:
+        plan_and_preprocess(914, "ExperimentPlanner", ("3d_fullres",), num_processes=1)
+    msg = str(info.value)
+    assert msg.startswith("4 problem(s) in the training cases of Dataset914_OffGrid")
+    assert "case 'case_001': label " in msg and "is not on the image's voxel grid (spacing" in msg
+    assert "case 'case_002': label " in msg and "(origin" in msg and "train on a misplaced label" in msg
+    assert "case 'case_003': label " in msg and "has (32, 16, 16) voxels, the images (32, 32, 16)" in msg
+    assert "case 'case_004': channel 1 ('CT'" in msg and "is not on the voxel grid of channel 0 (origin" in msg
+    assert msg.count("Fix:") == 4
+    assert not os.path.exists(os.path.join(nnunet_dirs["nnUNet_preprocessed"], "Dataset914_OffGrid"))
+
+
+def test_the_case_check_shows_progress_on_large_datasets(tmp_path, capsys):
+    from nnunet_ext.planners.api import check_training_cases
+
+    raw = make_tiny_multiphase_dataset(str(tmp_path), 919, n_cases=50, shape=(4, 8, 8), with_text=False)
+    assert check_training_cases(raw) == []
+    err = capsys.readouterr().err
+    assert "checking training cases" in err and "50/50" in err
+    small = make_tiny_multiphase_dataset(str(tmp_path), 918, n_cases=5, shape=(4, 8, 8), with_text=False)
+    assert check_training_cases(small) == [] and "checking training cases" not in capsys.readouterr().err
