@@ -25,6 +25,30 @@ def _json_safe(obj):
     return obj
 
 
+SMALL_SET = 10  # fewer labeled cases than this: the metrics say little
+
+
+def summary_notes(targets: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> list[str]:
+    """Why the accuracy and macro AUC of a set can look contradictory (e.g. "accuracy 0.0000, macro AUC 1.0000"):
+    accuracy scores the argmax, the AUC only how the probabilities rank the cases, over the classes present. A
+    head that stays at the class prior predicts one class for every case and can still rank two cases
+    perfectly."""
+    notes = []
+    n = len(targets)
+    present = sorted({int(v) for v in targets})
+    predicted = sorted({int(v) for v in np.asarray(probs).argmax(1)})
+    if len(predicted) == 1:
+        notes.append(f"every case is predicted {class_names[predicted[0]]!r}: the head does not separate the classes "
+                     "by its argmax (accuracy), whatever the AUC, which only ranks the probabilities")
+    if len(present) < len(class_names):
+        names = ", ".join(repr(class_names[v]) for v in present)
+        notes.append(f"only {len(present)} of {len(class_names)} classes occur among the labeled cases ({names}); the "
+                     "macro AUC averages over those" + (" and is undefined with one" if len(present) < 2 else ""))
+    if n < SMALL_SET:
+        notes.append(f"{n} labeled case(s): too few for the accuracy or AUC to say much")
+    return notes
+
+
 def write_classification_outputs(folder: str, case_ids: Sequence[str], probs: np.ndarray,
                                  class_names: Sequence[str], targets: Sequence[int] | None = None) -> dict | None:
     """Write per-case probabilities; with ``targets`` also the metrics (unlabeled cases, -1, are left out).
@@ -59,6 +83,8 @@ def write_classification_outputs(folder: str, case_ids: Sequence[str], probs: np
     labeled = t != UNLABELED
     if labeled.any():
         summary = classification_summary(t[labeled], probs[labeled], class_names)
+        summary["n_labeled"] = int(labeled.sum())
+        summary["notes"] = summary_notes(t[labeled], probs[labeled], class_names)
     else:  # e.g. a validation fold that drew only unlabeled cases: no metric is defined
         summary = {"n_labeled": 0, "note": "no case of this set has a class label: no metrics"}
     summary["n_unlabeled_excluded"] = int((~labeled).sum())
