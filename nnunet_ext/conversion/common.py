@@ -34,6 +34,12 @@ from typing import Any, TypeVar
 
 import SimpleITK as sitk
 
+from nnunet_ext.conversion.staging import (  # noqa: F401  (re-exported)
+    PARTIAL_PREFIX,
+    conversion_lock,
+    remove_stale_staging,
+    staging_prefix,
+)
 from nnunet_ext.data.geometry import (  # noqa: F401  re-exported for the converters
     error_summary,
     geometry_mismatch,
@@ -45,7 +51,6 @@ from nnunet_ext.errors import NnunetExtError
 
 REPORT_FILE = "conversion_report.json"
 FILE_ENDING = ".nii.gz"
-PARTIAL_PREFIX = ".nnunet_ext_partial-"
 UNKNOWN_LICENCE = "unknown"
 # what nnU-Net's generate_dataset_json writes when no licence is given; never written by nnunet-ext
 PLACEHOLDER_LICENCES = ("Whoever converted this dataset was lazy and didn't look it up!", "hands off!", "")
@@ -534,44 +539,6 @@ def _warn_other_folders(dataset_id: int, dataset_name: str, result: ConversionRe
                        "Fix: delete it or convert under another id.")
                 result.warnings.append(msg)
                 _echo(f"WARNING: {msg}")
-
-
-# --------------------------------------------------------------------------- concurrent conversions
-def _host() -> str:
-    import socket
-
-    return re.sub(r"[^A-Za-z0-9]+", "", socket.gethostname())[:32] or "host"
-
-
-def staging_prefix(dataset_name: str, prefix: str = PARTIAL_PREFIX) -> str:
-    """``<prefix><dataset name>-<host>-<pid>-``: a staging folder names the process that builds it, so that a later
-    conversion can tell a killed one's leftovers from a running one's."""
-    return f"{prefix}{dataset_name}-{_host()}-{os.getpid()}-"
-
-
-def remove_stale_staging(root: Path, dataset_id: int, prefix: str = PARTIAL_PREFIX) -> list[Path]:
-    """Delete staging folders of dataset ``dataset_id`` in ``root`` whose process, on this host, is gone (folders
-    of other hosts, or without a process id, are left alone). Returns the removed folders."""
-    from nnunet_ext.data.files import pid_alive
-
-    pattern = re.compile(rf"^{re.escape(prefix)}Dataset{dataset_id:03d}_[A-Za-z0-9_-]*?-{re.escape(_host())}-(\d+)-")
-    removed = []
-    for p in Path(root).glob(f"{prefix}Dataset{dataset_id:03d}_*"):
-        m = pattern.match(p.name)
-        if p.is_dir() and m and not pid_alive(int(m.group(1))):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    return removed
-
-
-@contextmanager
-def conversion_lock(root: Path, dataset_id: int):
-    """Exclusive lock on dataset id ``dataset_id`` in the output root (a hidden lock file there) while a finished
-    build is checked once more and renamed into place."""
-    from nnunet_ext.data.files import folder_lock
-
-    with folder_lock(root, f".nnunet_ext_convert_{dataset_id:03d}.lock"):
-        yield
 
 
 # --------------------------------------------------------------------------- small utilities

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,21 +52,11 @@ from nnunet_ext.conversion.common import (
     safe_case_id,
     with_geometry_of,
 )
+from nnunet_ext.conversion.dicom_masks import CaseMasks, MaskSpec
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 DEFAULT_PHASES = ("arterial", "portal_venous", "delayed")
-LESION_NAMES = re.compile(r"lesion|tumou?r|hcc|cancer|mass|nodule|metasta|neoplas", re.IGNORECASE)
 REPORT_JSON, REPORT_CSV = "registration_report.json", "registration_report.csv"
-
-
-@dataclass
-class MaskSpec:
-    """One mask file of a case: ``label`` names its label (a name, or a value written as digits) for the whole
-    mask (None: a SEG's segment labels, or a label map's own values); ``phase`` is the phase it was drawn on."""
-
-    path: Path
-    label: str | None = None
-    phase: str | None = None
 
 
 @dataclass
@@ -277,9 +266,7 @@ class _BuildContext:
         self.stage, self.phases, self.reference = stage, phases, reference
         self.allow_mixed_studies = allow_mixed_studies
         self.register, self.registration = register, registration
-        self.label_names: dict[int, str] = {i + 1: n for i, n in enumerate(labels or [])}
-        self.fixed_labels = bool(labels)
-        self.max_label = 0
+        self.masks = CaseMasks(stage, phases, reference, labels)
         self.modalities: set[str] = set()
         self.report: dict[str, dict] = {}
 
@@ -312,7 +299,7 @@ class _BuildContext:
                                       "--no-registration so the phases are registered and resampled onto the "
                                       "reference grid, or resample them beforehand.")
             out = [with_geometry_of(images[p], ref) for p in self.phases]
-        label = self._load_masks(case, plan, ref, uids, transforms) if plan.masks else None
+        label = self.masks.merge(case, plan.masks, plan.mask_phase, ref, uids, transforms) if plan.masks else None
         self.stage.write_case(case, out, label)
 
     def _check_distinct_sources(self, case: str, plan: CasePlan) -> None:
@@ -450,112 +437,15 @@ class _BuildContext:
             self.report[case] = entry
         return out
 
-    def _load_masks(self, case: str, plan: CasePlan, ref: sitk.Image, uids: dict, transforms: dict) -> sitk.Image:
-        """Every mask of the case on the reference grid, merged in the declared order (later labels win)."""
-        from nnunet_ext.conversion.registration import resample_onto
-
-        out = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint16)
-        for spec in plan.masks:
-            for value, image, phase in self._read_mask(case, plan, spec, uids):
-                moved = resample_onto(image, ref, transforms.get(phase), sitk.sitkNearestNeighbor, 0)
-                arr = sitk.GetArrayViewFromImage(moved)
-                if value is None:  # a label map keeps its own values
-                    out = np.where(arr > 0, arr, out)
-                else:
-                    out[arr > 0] = value
-        top = int(out.max())
-        if top > 255:
-            raise ConversionError(f"case {case!r}: label value {top} is too large for a uint8 label map. Fix: use "
-                                  "values up to 255 (mask_label / --labels).")
-        if self.fixed_labels and top > len(self.label_names):
-            raise ConversionError(f"case {case!r}: mask value {top} but only {len(self.label_names)} label names were "
-                                  f"given ({list(self.label_names.values())}). Fix: extend --labels.")
-        if top == 0:
-            self.stage.warn(f"case {case!r}: the mask is empty on the reference grid (wrong mask_phase or frame of "
-                            "reference?).")
-        self.max_label = max(self.max_label, top)
-        label = sitk.GetImageFromArray(out.astype(np.uint8))
-        label.CopyInformation(ref)
-        return label
-
-    def _read_mask(self, case: str, plan: CasePlan, spec: MaskSpec, uids: dict
-                   ) -> list[tuple[int | None, sitk.Image, str]]:
-        """``[(label value or None for a label map's own values, image, phase drawn on)]`` of one mask file."""
-        from nnunet_ext.conversion.dicom_io import is_dicom_seg, read_dicom_seg
-
-        phase = spec.phase or plan.mask_phase
-        name = spec.path.name
-        if is_dicom_seg(spec.path):
-            segments, refs = read_dicom_seg(spec.path, f"case {case!r} mask")
-            by_uid = {u: p for p, u in uids.items() if u}
-            drawn_on = next((by_uid[r] for r in refs if r in by_uid), None)
-            if refs and by_uid and drawn_on is None:
-                listing = ", ".join(f"{p}: {u}" for u, p in by_uid.items())
-                raise ConversionError(f"case {case!r}: DICOM SEG {spec.path} references series {', '.join(refs)}, "
-                                      f"none of which is a phase of this case ({listing}); it was drawn on another "
-                                      "series and would be placed wrongly. Fix: add the series it references as a "
-                                      "phase, or give this case its own SEG.")
-            phase = phase or drawn_on or self.reference
-            self._check_phase(case, phase, name)
-            if spec.label is not None and len(segments) > 1:
-                raise ConversionError(f"case {case!r}: mask_label {spec.label!r} is given for {name}, which holds "
-                                      f"{len(segments)} segments ({', '.join(n for _, n, _ in segments)}). Fix: leave "
-                                      "mask_label empty to use the segment labels, or export one segment per file.")
-            return [(self._value(case, spec.label or seg_name), image, phase) for _, seg_name, image in segments]
-        mask = read_image(spec.path, case, "mask")
-        phase = phase or self.reference
-        self._check_phase(case, phase, name)
-        if mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
-            raise ConversionError(f"case {case!r}: mask {name} is not a 3D label image. Fix: export it as one 3D "
-                                  "label map.")
-        arr = sitk.GetArrayViewFromImage(mask)
-        if not np.all(np.equal(np.mod(arr, 1), 0)) or arr.min() < 0:
-            raise ConversionError(f"case {case!r}: mask {name} has non-integer or negative values. Fix: export a "
-                                  "label map with 0 = background and 1..K = structures.")
-        if arr.max() > 255:
-            raise ConversionError(f"case {case!r}: mask {name} has label value {int(arr.max())}. Fix: use values up "
-                                  "to 255.")
-        image = sitk.Cast(mask, sitk.sitkUInt8)
-        if spec.label is None:
-            return [(None, image, phase)]
-        return [(self._value(case, spec.label), sitk.Cast(image > 0, sitk.sitkUInt8), phase)]
-
-    def _check_phase(self, case: str, phase: str, name: str) -> None:
-        if phase not in self.phases:
-            raise ConversionError(f"case {case!r}: mask_phase {phase!r} of {name} is not one of {self.phases}. Fix "
-                                  "the manifest.")
-
-    def _value(self, case: str, label: str) -> int:
-        """The label value of a mask label: a number as given, else the name's position in ``--labels``, else the
-        value this dataset gave the name (a new one for a new name)."""
-        if label.isdigit():
-            value = int(label)
-            if not 0 < value < 256:
-                raise ConversionError(f"case {case!r}: mask_label {label} is not a label value 1-255. Fix the "
-                                      "manifest.")
-            return value
-        for value, known in self.label_names.items():
-            if known.casefold() == label.casefold():
-                return value
-        if self.fixed_labels:
-            raise ConversionError(f"case {case!r}: mask label {label!r} is not one of --labels "
-                                  f"{list(self.label_names.values())}. Fix: add it to --labels, or set mask_label.")
-        value = max([*self.label_names, self.max_label, 0]) + 1
-        self.label_names[value] = label
-        return value
-
     def finish(self, name: str, class_names: list[str], case_labels: dict[str, str | None]) -> None:
         from nnunet_ext.data.metadata import CaseRecord, DatasetMetadata
 
-        for value in range(1, self.max_label + 1):
-            self.label_names.setdefault(value, "lesion" if self.max_label == 1 else f"label_{value}")
-        labels = {"background": 0, **{n: v for v, n in sorted(self.label_names.items())}}
+        labels, lesion = self.masks.dataset_labels()
         ct = self.modalities == {"CT"}
         channel_names = {i: "CT" if ct else p for i, p in enumerate(self.phases)}
         if not self.stage.cases:
             self.stage.warn("no case has a mask: every case was written to imagesTs (inference only). Fix: add a mask "
                             "column to the manifest to get training cases.")
-        lesion = [v for v, n in self.label_names.items() if LESION_NAMES.search(n)]
         cases = {c: CaseRecord(class_index=class_names.index(case_labels[c]) if class_names and case_labels.get(c)
                                else None) for c in self.stage.cases}
         metadata = DatasetMetadata(class_names=class_names or None, lesion_labels=sorted(lesion) or None,

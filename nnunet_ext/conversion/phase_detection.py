@@ -250,7 +250,7 @@ def _attach_segs(segs: list[SegFile], plans: dict, case_of_series: dict[str, str
     """Each SEG becomes a mask of the case whose series it references (else of the case with its PatientID and
     FrameOfReferenceUID); within a case, SEGs whose segments are named like lesions come last, so that they are
     painted over the organ they lie in."""
-    from nnunet_ext.conversion.dicom_multiphase import LESION_NAMES, MaskSpec
+    from nnunet_ext.conversion.dicom_masks import LESION_NAMES, MaskSpec
 
     for seg in sorted(segs, key=lambda g: (any(LESION_NAMES.search(n) for n in g.segments.values()), str(g.path))):
         case = next((case_of_series[r] for r in seg.referenced_series if r in case_of_series), None)

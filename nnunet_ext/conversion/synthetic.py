@@ -68,7 +68,7 @@ def write_dataset(dataset_id: int, name: str, output_root: str | None, fingerpri
     Returns:
         the dataset folder.
     """
-    from nnunet_ext.conversion.common import conversion_lock, remove_stale_staging, staging_prefix
+    from nnunet_ext.conversion.staging import conversion_lock, remove_stale_staging, staging_prefix
     from nnunet_ext.data.files import mkdtemp_public
 
     root, folder = dataset_folder(dataset_id, name, output_root)
