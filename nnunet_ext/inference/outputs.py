@@ -66,9 +66,12 @@ def check_output_folder(input_folder: str, output_folder: str, model_folder: str
     if os.path.isfile(plans_here) or os.path.isfile(os.path.join(output_folder, CLASSIFICATION_JSON)):
         same = False
         if os.path.isfile(plans_here):
-            with open(plans_here, encoding="utf-8") as f, \
-                    open(os.path.join(model_folder, "plans.json"), encoding="utf-8") as g:
-                same = json.load(f) == json.load(g)
+            try:
+                with open(plans_here, encoding="utf-8") as f, \
+                        open(os.path.join(model_folder, "plans.json"), encoding="utf-8") as g:
+                    same = json.load(f) == json.load(g)
+            except (OSError, ValueError) as e:
+                raise InputError(f"cannot compare {plans_here} with the model's plans.json ({e}). {fix}") from e
         if not same:
             raise InputError(f"{output_folder} holds predictions that were not made by this model "
                              f"({_describe(identity)}): "
