@@ -89,24 +89,23 @@ class CaseInputs:
 
     def batch(self, keys: Sequence[str], uses: Sequence[str], device: torch.device | str | None = None
               ) -> dict[str, torch.Tensor]:
-        """The ``forward`` keyword arguments for the cases ``keys`` (in order) and the inputs ``uses``."""
+        """The ``forward`` keyword arguments for the cases ``keys`` (in order) and the inputs ``uses``. Without any
+        text embedding in the table the text arguments are left out (the network's "no text" path)."""
         out: dict[str, torch.Tensor] = {}
         keys = [str(k) for k in keys]
         if "tabular" in uses:
             out["tabular"] = torch.from_numpy(np.stack([self.tabular[k] for k in keys]))
-        if "text" in uses:
+        shape = next((t.shape for t, _ in self.text.values()), None)
+        if "text" in uses and shape is not None:  # no text at all: the network's own "no text" path (text=None)
             tokens, masks = [], []
-            shape = next((t.shape for t, _ in self.text.values()), None)
             for k in keys:
                 if k in self.text:
                     t, m = self.text[k]
                     tokens.append(np.asarray(t, dtype=np.float32))
                     masks.append(np.asarray(m, dtype=bool))
-                elif shape is not None:  # a case without text: zero tokens, nothing attended ("no text")
+                else:  # a case without text: zero tokens, nothing attended ("no text")
                     tokens.append(np.zeros(shape, dtype=np.float32))
                     masks.append(np.zeros(shape[0], dtype=bool))
-                else:
-                    raise CaseInputError(f"no text embedding for case {k!r} and none to take the shape from")
             out["text"] = torch.from_numpy(np.stack(tokens))
             out["text_mask"] = torch.from_numpy(np.stack(masks))
         if device is not None:

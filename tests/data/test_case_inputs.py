@@ -89,3 +89,8 @@ def test_bad_tabular_rows_name_the_case_and_the_fix(tmp_path, content, match):
     with pytest.raises(CaseInputError, match=match) as e:
         read_tabular(str(path), ["age", "afp"])
     assert "Fix:" in str(e.value)
+
+
+def test_without_any_text_the_text_arguments_are_left_out():
+    inputs = _inputs(text=False)
+    assert set(inputs.batch(["c1", "c2"], ("tabular", "text"))) == {"tabular"}
