@@ -35,9 +35,10 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
-def with_schedule(base: type, schedule_name: str) -> type:
-    """Subclass ``base`` as ``<base>_<schedule_name>`` with the schedule's epochs and iterations."""
-    sched = SCHEDULES[schedule_name]
+def with_schedule(base: type, schedule_name: str, schedule: Schedule | None = None) -> type:
+    """Subclass ``base`` as ``<base>_<schedule_name>`` with the epochs and iterations of ``schedule`` (default: the
+    table's entry of that name; a script may pass its own, e.g. a benchmark's schedule)."""
+    sched = schedule if schedule is not None else SCHEDULES[schedule_name]
     made: list[type] = []  # the class, once made (the methods below continue its MRO with super)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
