@@ -6,6 +6,7 @@ import importlib
 
 CONVERTER_MODULES = (
     "nnunet_ext.conversion.synthetic",
+    "nnunet_ext.conversion.synthetic_referring",
     "nnunet_ext.conversion.lits",
     "nnunet_ext.conversion.msd",
     "nnunet_ext.conversion.nnunet_v1",

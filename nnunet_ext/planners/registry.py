@@ -1,3 +1,6 @@
 """Imports every planner module so that :data:`nnunet_ext.planners.PLANNERS` is complete."""
 
-from nnunet_ext.planners import stdnet  # noqa: F401  STDNetPlanner, STDNetPlannerM/L/XL
+from nnunet_ext.planners import (
+    stdnet,  # noqa: F401  STDNetPlanner, STDNetPlannerM/L/XL
+    texlivernet,  # noqa: F401  TexLiverNetPlanner
+)

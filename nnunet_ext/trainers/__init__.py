@@ -21,8 +21,14 @@ from nnunet_ext.trainers.stdnet import (
     STDNetTrainer_noWeightSharing,
     STDNetTrainer_paperLoss,
 )
+from nnunet_ext.trainers.texlivernet import (
+    TEXLIVERNET_TRAINERS,
+    TexLiverNetTrainer,
+    TexLiverNetTrainer_noText,
+    TexLiverNetTrainer_paperLoss,
+)
 
-PRODUCT_TRAINERS = (EarlyFusionTrainer, EarlyFusionTrainer_tabular, *STDNET_TRAINERS)
+PRODUCT_TRAINERS = (EarlyFusionTrainer, EarlyFusionTrainer_tabular, *STDNET_TRAINERS, *TEXLIVERNET_TRAINERS)
 _VARIANTS = {**schedule_variants(*PRODUCT_TRAINERS),
              # nnU-Net ships nnUNetTrainer_250epochs itself: only the short schedules for the vanilla reference
              **schedule_variants(nnUNetTrainer, schedules=[s for s in SCHEDULES if not s.endswith("epochs")])}
@@ -30,4 +36,5 @@ globals().update(_VARIANTS)
 
 __all__ = ["MultiTaskTrainer", "EarlyFusionTrainer", "EarlyFusionTrainer_tabular", "STDNetTrainer",
            "STDNetTrainer_noTemporal", "STDNetTrainer_noWeightSharing", "STDNetTrainer_ConvGRU",
-           "STDNetTrainer_paperLoss", "PRODUCT_TRAINERS", "SCHEDULES", *sorted(_VARIANTS)]
+           "STDNetTrainer_paperLoss", "TexLiverNetTrainer", "TexLiverNetTrainer_noText", "TexLiverNetTrainer_paperLoss",
+           "PRODUCT_TRAINERS", "SCHEDULES", *sorted(_VARIANTS)]

@@ -167,10 +167,11 @@ def test_trainers_build_their_network_through_the_registry():
     import nnunet_ext.trainers as trainers
 
     for trainer in (*trainers.PRODUCT_TRAINERS, TOY_MODULE.ToyTextTrainer):
-        pm = PlansManager(plans(trainer.architecture, 3))
+        dim = ARCHITECTURES[trainer.architecture].dims[-1]
+        pm = PlansManager(plans(trainer.architecture, dim))
         torch.manual_seed(0)
         via_trainer = trainer.build_network_architecture(pm, pm.get_configuration("c"), 3, 3, True)
-        via_registry = build(trainer.architecture, trainer.variant, 3, True)
+        via_registry = build(trainer.architecture, trainer.variant, dim, True)
         assert str(via_trainer) == str(via_registry), trainer.__name__
         a, b = via_trainer.state_dict(), via_registry.state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), trainer.__name__
