@@ -110,3 +110,14 @@ def test_real_ct_liver_smoke(tmp_path, isolated_env):
     out = _load("real_ct_liver").main(["--smoke", "-o", str(tmp_path), "-device", "cpu"])
     assert set(out["liver_dice"]) == {"nnUNetTrainer_smoke", "STDNetTrainer_smoke"}
     assert all(0.0 <= d <= 1.0 for d in out["liver_dice"].values())
+
+
+def test_texlivernet_ircadb_smoke(tmp_path, isolated_env):
+    out = _load("texlivernet_ircadb").main(["--smoke", "-o", str(tmp_path), "-device", "cpu"])
+    res = out["benchmark"]
+    assert [m.trainer for m in res.methods] == ["nnUNetTrainer_smoke", "TexLiverNetTrainer_smoke",
+                                                "TexLiverNetTrainer_noText_smoke"]
+    assert {r["method"] for r in res.volume_metrics} == {m.name for m in res.methods}  # Dice Global, VOE, RAVD
+    predicted = sorted(f for f in os.listdir(out["predictions"]) if f.endswith(".nii.gz"))
+    assert predicted and all(f.startswith("ref_") for f in predicted)  # the validation slices, with their texts
+    assert os.path.isfile(os.path.join(res.output_folder, "report.md"))
