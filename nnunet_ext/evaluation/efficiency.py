@@ -106,7 +106,7 @@ def forward_flops(network: torch.nn.Module, input_shape: tuple[int, ...]) -> int
 
     network = network.eval()
     x = torch.zeros(input_shape, device=next(network.parameters()).device)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # inference_mode trips its module tracker
         _forward(network, x)
     return int(counter.get_total_flops())
 
