@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from nnunet_ext.data.files import match_open_mode
 from nnunet_ext.errors import NnunetExtError
 
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
@@ -244,6 +245,7 @@ def _atomic_write(path: str, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        match_open_mode(tmp, path)  # the umask's mode, as a plain open would give, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

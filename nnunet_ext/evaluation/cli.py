@@ -44,6 +44,10 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _benchmark(args) -> None:
+    if args.trust_checkpoint:  # the checkpoint loader of the efficiency step reads this (data/checkpoints.py)
+        from nnunet_ext.data.checkpoints import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"
     from nnunet_ext.evaluation.benchmark import DEFAULT_SMALL_LESION_MM3, run_benchmark
 
     if args.small_lesion_voxels is not None:
@@ -65,7 +69,8 @@ def _robustness(args) -> None:
     summary = run_robustness(args.d, args.tr, args.i, args.o, args.p, args.c, args.f, args.l, args.max_shift_mm,
                              args.max_rotation_deg, args.noise_std, args.repeats, args.seed, args.device,
                              args.fix_reference_phase, args.chk, args.disable_tta, args.n_bootstrap,
-                             command_line(args), args.m, args.cases)
+                             command_line(args), args.m, args.cases,
+                             trust_checkpoint=True if args.trust_checkpoint else None)
     print(f"Robustness of {summary['model_folder']} on {len(summary['cases'])} cases written to {args.o}")
 
 
@@ -97,6 +102,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed")
     p.add_argument("--skip-efficiency", action="store_true", help="no parameter/FLOP/memory/time measurements")
     p.add_argument("--timing-repeats", type=int, default=1, help="timed inference runs per method (median)")
+    p.add_argument("--trust-checkpoint", dest="trust_checkpoint", action="store_true",
+                   help="accept checkpoints that need unsafe unpickling for the efficiency step (they can run code: "
+                        "only for model folders from a trusted source)")
     p.set_defaults(func=_benchmark)
     _PARSERS["benchmark"] = p
 
@@ -124,5 +132,8 @@ def add_parser(sub) -> None:
     p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
     p.add_argument("-o", required=True, help="output folder")
     p.add_argument("-device", default=_default_device())
+    p.add_argument("--trust-checkpoint", dest="trust_checkpoint", action="store_true",
+                   help="accept a checkpoint that needs unsafe unpickling (it can run code: only for a model folder "
+                        "from a trusted source)")
     p.set_defaults(func=_robustness)
     _PARSERS["robustness"] = p

@@ -274,14 +274,15 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         ids = [str(k) for k in self.dataset_class.get_identifiers(self.preprocessed_dataset_folder)]
-        try:  # every case must be valid metadata-wise before hours of training start
-            DatasetMetadata.from_dataset_json(self.dataset_json, ids)
-        except ValueError as e:
-            if "do not exist in the dataset" not in str(e):
-                raise
-            raise type(e)(f"{e}\nThe preprocessed folder {self.preprocessed_dataset_folder} lacks cases that "
-                          "dataset.json describes: preprocessing was interrupted or ran on another set of cases. "
-                          "Fix: rerun `nnunet-ext plan-and-preprocess`.") from None
+        missing = sorted(set(self.metadata.cases) - set(ids)) if self.metadata is not None else []
+        if missing:  # the metadata describes cases the preprocessed folder lacks: preprocessing is incomplete
+            from nnunet_ext.data.metadata import MetadataError, _fmt_ids
+
+            raise MetadataError(
+                f"{len(missing)} case(s) of dataset.json's metadata have no preprocessed data in "
+                f"{self.preprocessed_dataset_folder}: {_fmt_ids(missing)}. Preprocessing was interrupted or ran on "
+                "another set of cases. Fix: rerun `nnunet-ext plan-and-preprocess` for this dataset.")
+        DatasetMetadata.from_dataset_json(self.dataset_json, ids)  # every case valid before hours of training
         self.case_inputs = self.load_case_inputs(ids)
         return super().get_dataloaders()
 
@@ -492,9 +493,11 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         return {**super().checkpoint_dict(), "nnunet_ext_best_primary": self._best_primary}
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        from nnunet_ext.data.checkpoints import load_checkpoint as safe_load
+
         checkpoint = filename_or_checkpoint
-        if isinstance(checkpoint, str):
-            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        if isinstance(checkpoint, str):  # weights_only: a checkpoint from a stranger runs no code (data/checkpoints)
+            checkpoint = safe_load(checkpoint, map_location=self.device)
         super().load_checkpoint(checkpoint)
         self._best_primary = checkpoint.get("nnunet_ext_best_primary")
 
@@ -540,8 +543,11 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         summary = write_classification_outputs(folder, ids, np.stack([probs[k] for k in ids]),
                                                self.metadata.class_names, targets=self.metadata.class_targets(ids))
         if summary.get("n_labeled", 1):
-            self.print_to_log_file(f"Case-level classification on {len(ids)} validation cases: accuracy "
-                                   f"{summary['accuracy']:.4f}, macro AUC {summary['auc_ovr_macro']:.4f}")
+            notes = "; ".join(summary.get("notes", []))
+            self.print_to_log_file(f"Case-level classification on {len(ids)} validation cases "
+                                   f"({summary.get('n_labeled', len(ids))} labeled): accuracy "
+                                   f"{summary['accuracy']:.4f}, macro AUC {summary['auc_ovr_macro']:.4f}"
+                                   + (f" ({notes})" if notes else ""))
         else:
             self.print_to_log_file(f"Case-level classification: none of the {len(ids)} validation cases has a class "
                                    "label: no metrics (the probabilities are in validation/classification.csv)")

@@ -149,6 +149,15 @@ def test_continue_and_pretrained_weights_load_safely(planted_model, tmp_path, mo
     assert not marker.exists()
     trainer.load_checkpoint(str(good))
     assert trainer.current_epoch == 1
+    # our multi-task trainers too (their load_checkpoint reads the file itself)
+    ours = get_trainer_from_args(str(smoke["dataset"]["id"]), "3d_fullres", 0, "EarlyFusionTrainer_smoke",
+                                 device=torch.device("cpu"))
+    with pytest.raises(UnsafeCheckpointError, match="unsafe unpickling"):
+        ours.load_checkpoint(str(evil))
+    assert not marker.exists()
+    ours.load_checkpoint(str(smoke["folders"]["EarlyFusionTrainer_smoke"] / f"fold_{smoke['fold']}"
+                             / "checkpoint_final.pth"))
+    assert ours.current_epoch == 1
 
 
 def test_unreadable_checkpoints_are_named(tmp_path):
