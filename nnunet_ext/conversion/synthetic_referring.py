@@ -125,16 +125,19 @@ def convert_synthetic_referring(dataset_id: int, n_cases: int = 200, size: int =
 
 
 def shuffled_texts(texts: dict[str, str], seed: int = 0) -> dict[str, str]:
-    """Every case gets another case's text (a derangement, deterministic given ``seed``): the control that tells
-    whether a model uses the text's content."""
+    """Every case gets the text of another case whose text differs from its own (any other case's when none does),
+    drawn at random (deterministic given ``seed``): the control that tells whether a model uses the text's content.
+    Several cases can share a text (same place and rounded size), so a plain permutation would leave some texts
+    unchanged."""
     ids = sorted(texts)
     if len(ids) < 2:
         raise SyntheticDataError("shuffling texts needs at least two cases")
     rng = np.random.default_rng(seed)
-    while True:
-        perm = rng.permutation(len(ids))
-        if all(perm[i] != i for i in range(len(ids))):
-            return {ids[i]: texts[ids[perm[i]]] for i in range(len(ids))}
+    out = {}
+    for k in ids:
+        others = [o for o in ids if o != k and texts[o] != texts[k]] or [o for o in ids if o != k]
+        out[k] = texts[others[int(rng.integers(len(others)))]]
+    return out
 
 
 def add_parser(convert_subparsers) -> None:

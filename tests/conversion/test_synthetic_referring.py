@@ -53,7 +53,7 @@ def test_dataset_is_deterministic_with_valid_metadata(tmp_path):
 
 
 def test_shuffled_texts_give_every_case_another_case_text():
-    texts = {f"c{i}": f"text {i}" for i in range(7)}
+    texts = {f"c{i}": f"text {i % 4}" for i in range(9)}  # shared texts, as the generator can produce
     shuffled = shuffled_texts(texts, seed=3)
-    assert set(shuffled) == set(texts) and sorted(shuffled.values()) == sorted(texts.values())
+    assert set(shuffled) == set(texts) and set(shuffled.values()) <= set(texts.values())
     assert all(shuffled[k] != texts[k] for k in texts) and shuffled == shuffled_texts(texts, seed=3)
