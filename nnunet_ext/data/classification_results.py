@@ -12,7 +12,7 @@ import numpy as np
 
 from nnunet_ext.data.files import match_open_mode
 from nnunet_ext.data.metadata import UNLABELED, save_json_atomic
-from nnunet_ext.metrics.classification import classification_summary
+from nnunet_ext.metrics.classification import classification_summary, head_collapse
 
 
 def _json_safe(obj):
@@ -50,8 +50,11 @@ def summary_notes(targets: np.ndarray, probs: np.ndarray, class_names: Sequence[
 
 
 def write_classification_outputs(folder: str, case_ids: Sequence[str], probs: np.ndarray,
-                                 class_names: Sequence[str], targets: Sequence[int] | None = None) -> dict | None:
-    """Write per-case probabilities; with ``targets`` also the metrics (unlabeled cases, -1, are left out).
+                                 class_names: Sequence[str], targets: Sequence[int] | None = None,
+                                 prior_ce: float | None = None) -> dict | None:
+    """Write per-case probabilities; with ``targets`` also the metrics (unlabeled cases, -1, are left out) and
+    whether the head has collapsed (:func:`~nnunet_ext.metrics.classification.head_collapse`: nearly the same
+    probabilities for every case; ``prior_ce``, the training prior's entropy, sharpens the criterion).
 
     Files: ``classification.csv`` (case_id, predicted_class, prob_<class>..., [true_class]),
     ``classification.json`` ({case_id: {"predicted_class", "probabilities": {class: p}}}), and
@@ -85,6 +88,14 @@ def write_classification_outputs(folder: str, case_ids: Sequence[str], probs: np
         summary = classification_summary(t[labeled], probs[labeled], class_names)
         summary["n_labeled"] = int(labeled.sum())
         summary["notes"] = summary_notes(t[labeled], probs[labeled], class_names)
+        ce = float(-np.mean(np.log(np.clip(probs[labeled][np.arange(int(labeled.sum())), t[labeled]], 1e-12, 1))))
+        summary["cross_entropy"] = ce
+        summary["head_collapse"] = head_collapse(probs, ce, prior_ce)
+        if summary["head_collapse"]["collapsed"]:
+            summary["notes"].append(
+                f"the head gives nearly the same probabilities for every case (spread "
+                f"{summary['head_collapse']['probability_spread']:.4f} < {summary['head_collapse']['threshold']}): it "
+                "has collapsed; treat its class probabilities as uninformative")
     else:  # e.g. a validation fold that drew only unlabeled cases: no metric is defined
         summary = {"n_labeled": 0, "note": "no case of this set has a class label: no metrics"}
     summary["n_unlabeled_excluded"] = int((~labeled).sum())

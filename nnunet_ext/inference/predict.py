@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -89,6 +90,9 @@ def _predict_folder(input_folder, output_folder, model_folder, dataset_json, ide
                                      verbose_preprocessing=verbose, allow_tqdm=True,
                                      trust_checkpoint=trust_checkpoint)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
+    if predictor.has_classification:
+        for line in collapsed_head_warnings(model_folder, folds):
+            print(line, file=sys.stderr)
     predictor.case_inputs = prediction_case_inputs(predictor, cases, texts, tabular, allow_missing_text)
     if predictor.has_classification:  # a classification.json of other classes is refused before any case runs
         earlier_classifications(output_folder, predictor.class_names)
@@ -173,3 +177,29 @@ def model_folder_from_args(dataset: str, trainer: str, plans: str, configuration
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     return get_output_folder(maybe_convert_to_dataset_name(dataset), trainer, plans, configuration)
+
+
+def collapsed_head_warnings(model_folder: str, folds=None) -> list[str]:
+    """Warnings for the folds (None: all) whose final validation found the classification head collapsed
+    (``fold_X/validation/summary_classification.json``, ``head_collapse``)."""
+    import glob
+    import json
+
+    warnings = []
+    wanted = None if folds is None else {str(f) for f in folds}
+    for path in sorted(glob.glob(os.path.join(model_folder, "fold_*", "validation", "summary_classification.json"))):
+        fold = os.path.basename(os.path.dirname(os.path.dirname(path)))[len("fold_"):]
+        if wanted is not None and fold not in wanted:
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                collapse = json.load(f).get("head_collapse") or {}
+        except (OSError, ValueError):
+            continue
+        if collapse.get("collapsed"):
+            warnings.append(
+                f"WARNING: fold {fold} of this model has a collapsed classification head: its validation cases all got "
+                f"nearly the same class probabilities (spread {collapse.get('probability_spread', float('nan')):.4f}, "
+                f"{path}). The class probabilities written here carry no information about the case; the "
+                "segmentations are unaffected. Fix: retrain (docs/trainers.md, 'collapsed head').")
+    return warnings

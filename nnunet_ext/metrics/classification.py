@@ -112,3 +112,41 @@ def classification_summary(y_true: Sequence[int], probs: np.ndarray, class_names
         "confusion_matrix": confusion_matrix(y, pred, labels=list(range(k))).tolist(),
         "class_names": list(class_names),
     }
+
+
+# a head whose class probabilities vary across cases by less than this (mean over classes of the standard deviation
+# across cases) gives "nearly the same probabilities for every case": it has collapsed (to the class prior, typically)
+COLLAPSE_SPREAD = 0.02
+
+
+def prior_entropy(targets: Sequence[int], num_classes: int) -> float:
+    """Entropy (nats) of the class frequencies of ``targets`` (labels 0..K-1; others ignored): the cross-entropy a
+    head reaches by predicting the training prior for every case."""
+    t = np.asarray([int(x) for x in targets if 0 <= int(x) < num_classes], dtype=int)
+    if t.size == 0:
+        return math.nan
+    p = np.bincount(t, minlength=num_classes) / t.size
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def head_collapse(probs: np.ndarray, ce: float | None = None, prior_ce: float | None = None,
+                  threshold: float = COLLAPSE_SPREAD) -> dict:
+    """Has a classification head collapsed? ``probs`` (N, K): its class probabilities for N cases (or patches).
+
+    ``spread`` is the mean over classes of the standard deviation of the probabilities across the N cases: 0 for a
+    head that outputs the same vector for every case. Collapsed when the spread is below ``threshold``; when the
+    cross-entropy ``ce`` and the prior's entropy ``prior_ce`` are given, the head must also be no better than the
+    prior (``ce >= 0.9 * prior_ce``), so that a head that is confidently right on near-identical cases is not
+    flagged. Undefined (None) for fewer than two cases."""
+    p = np.asarray(probs, dtype=float)
+    if p.ndim != 2 or p.shape[0] < 2:
+        return {"collapsed": None, "probability_spread": math.nan, "threshold": threshold}
+    spread = float(p.std(axis=0).mean())
+    collapsed = spread < threshold
+    if collapsed and ce is not None and prior_ce is not None and math.isfinite(ce) and math.isfinite(prior_ce):
+        collapsed = ce >= 0.9 * prior_ce
+    out = {"collapsed": bool(collapsed), "probability_spread": spread, "threshold": threshold}
+    if ce is not None:
+        out.update(cross_entropy=float(ce), prior_entropy=None if prior_ce is None else float(prior_ce))
+    return out

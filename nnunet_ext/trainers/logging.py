@@ -4,7 +4,9 @@ nnU-Net's ``LocalLogger`` asserts on keys it does not know and checkpoints its d
 (:func:`ensure_log_key`) before it is first logged; a loss term that appears only in a later epoch is padded with NaN
 for the earlier ones. Keys: ``loss_<term>_train`` and ``loss_<term>_val`` for every named loss term (``seg``,
 ``cls``, each auxiliary loss), and ``cls_val_loss``, ``cls_val_accuracy``, ``cls_val_auc`` (patch level, labeled
-lesion patches) for networks with a classification head.
+lesion patches) for networks with a classification head, and ``cls_val_spread`` / ``cls_val_collapsed``: the spread
+of the head's probabilities across those patches and whether it has collapsed to the same output for all of them
+(:func:`~nnunet_ext.metrics.classification.head_collapse`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import matplotlib
 matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CLS_METRIC_KEYS = ("cls_val_loss", "cls_val_accuracy", "cls_val_auc")
+CLS_METRIC_KEYS = ("cls_val_loss", "cls_val_accuracy", "cls_val_auc", "cls_val_spread", "cls_val_collapsed")
 PROGRESS_FILE = "progress_terms.png"
 
 
@@ -73,9 +75,16 @@ def _plot(store: dict, terms: list[str], output_folder: str, with_classification
     if with_classification:
         ax_metric = axes[1, 0]
         for key, style, label in (("cls_val_accuracy", "g-o", "val accuracy"),
-                                  ("cls_val_auc", "m-o", "val macro AUC (one-vs-rest)")):
+                                  ("cls_val_auc", "m-o", "val macro AUC (one-vs-rest)"),
+                                  ("cls_val_spread", "c-o", "probability spread across patches")):
             values = store.get(key, [])
             ax_metric.plot(range(len(values)), values, style, markersize=3, label=label)
+        collapsed = [e for e, v in enumerate(store.get("cls_val_collapsed", [])) if v == 1.0]
+        if collapsed:
+            ax_metric.scatter(collapsed, [0.01] * len(collapsed), marker="x", color="red", zorder=3,
+                              label="head collapsed (same probabilities for every patch)")
+            ax_metric.set_title("WARNING: the classification head collapsed in "
+                                f"{len(collapsed)} of {len(store.get('cls_val_collapsed', []))} epochs", color="red")
         ax_metric.set_ylim(0, 1.02)
         ax_metric.set_ylabel("patch-level metric")
         ax_metric.legend(loc="lower right")

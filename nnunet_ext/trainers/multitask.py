@@ -64,7 +64,7 @@ from nnunet_ext.data.case_inputs import CaseInputs
 from nnunet_ext.data.classification_results import write_classification_outputs
 from nnunet_ext.data.metadata import UNLABELED, DatasetMetadata, save_json_atomic
 from nnunet_ext.data.splits import write_stratified_splits_if_missing
-from nnunet_ext.metrics.classification import classification_summary
+from nnunet_ext.metrics.classification import COLLAPSE_SPREAD, classification_summary, head_collapse, prior_entropy
 from nnunet_ext.planners.case_settings import make_case_settings
 from nnunet_ext.trainers.logging import CLS_METRIC_KEYS, ensure_log_key, plot_progress, term_key
 from nnunet_ext.trainers.optim import (
@@ -159,6 +159,7 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         self.case_uses: tuple[str, ...] = ()
         self._iteration_in_epoch = 0
         self._best_primary: float | None = None
+        self._prior_ce: float | None = None
         for key in CLS_METRIC_KEYS:
             ensure_log_key(self.logger, key, 0)
 
@@ -303,6 +304,18 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         self._iteration_in_epoch = 0
         super().on_train_epoch_start()
 
+    def prior_ce(self) -> float:
+        """Cross-entropy of predicting the training fold's class frequencies for every case (nats): the level a head
+        that has collapsed to the prior sits at."""
+        if self._prior_ce is None:
+            if self.metadata is None or not self.metadata.has_classification:
+                self._prior_ce = math.nan
+            else:
+                tr_keys, _ = self.do_split()
+                self._prior_ce = prior_entropy(self.metadata.class_targets([str(k) for k in tr_keys]),
+                                               self.metadata.num_classes)
+        return self._prior_ce
+
     # ------------------------------------------------------------------ loss terms
     def _lesion_voxels(self, target, labels) -> torch.Tensor:
         """Bool mask (B, 1, *S) of the full-resolution target voxels whose label is in ``labels``."""
@@ -433,15 +446,23 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         lesion = self._gather([p for o in val_outputs for p in o.get("lesion_present", [])])
         keep = [i for i, (t, p) in enumerate(zip(targets, lesion))
                 if t != UNLABELED and (p or not self.cls_loss_on_lesion_patches_only)]
-        metrics = {"loss": float("nan"), "accuracy": float("nan"), "auc": float("nan")}
+        metrics = {"loss": float("nan"), "accuracy": float("nan"), "auc": float("nan"), "spread": float("nan"),
+                   "collapsed": float("nan")}
         if keep:
             lg = torch.from_numpy(np.stack([logits[i] for i in keep]))
             y = np.array([targets[i] for i in keep])
             metrics["loss"] = float(F.cross_entropy(lg, torch.from_numpy(y)))
-            s = classification_summary(y, torch.softmax(lg, 1).numpy(), self.metadata.class_names)
+            probs = torch.softmax(lg, 1).numpy()
+            s = classification_summary(y, probs, self.metadata.class_names)
             metrics["accuracy"], metrics["auc"] = s["accuracy"], s["auc_ovr_macro"]
-        for name in ("loss", "accuracy", "auc"):
-            self.logger.log(f"cls_val_{name}", metrics[name], self.current_epoch)
+            collapse = head_collapse(probs, metrics["loss"], self.prior_ce())
+            metrics["spread"] = collapse["probability_spread"]
+            if collapse["collapsed"] is not None:
+                metrics["collapsed"] = float(collapse["collapsed"])
+        for name in ("loss", "accuracy", "auc", "spread", "collapsed"):
+            key = f"cls_val_{name}"
+            ensure_log_key(self.logger, key, self.current_epoch)
+            self.logger.log(key, metrics[name], self.current_epoch)
         stripped = [{k: o[k] for k in ("loss", "tp_hard", "fp_hard", "fn_hard")} for o in val_outputs]
         super().on_validation_epoch_end(stripped)
 
@@ -457,10 +478,17 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
             auc = get("cls_val_auc", e)
             if math.isfinite(auc):
                 self.print_to_log_file(f"classification (labeled lesion patches): val_accuracy "
-                                       f"{get('cls_val_accuracy', e):.4f}, val_AUC {auc:.4f}{self._head_lr_note()}")
+                                       f"{get('cls_val_accuracy', e):.4f}, val_AUC {auc:.4f}, probability spread "
+                                       f"{get('cls_val_spread', e):.4f}{self._head_lr_note()}")
             else:
                 self.print_to_log_file("classification: no validation patch with a labeled lesion of two classes this "
                                        "epoch (accuracy and AUC undefined)")
+            if get("cls_val_collapsed", e) == 1.0:
+                self.print_to_log_file(
+                    f"WARNING: the classification head has collapsed: it gives nearly the same probabilities for every "
+                    f"validation patch (spread {get('cls_val_spread', e):.4f} < {COLLAPSE_SPREAD}; CE "
+                    f"{get('cls_val_loss', e):.4f} against {self.prior_ce():.4f} for the class prior). Its class "
+                    "probabilities carry no information about the case (docs/trainers.md, 'collapsed head').")
         if self.primary_task == "classification":
             self._choose_best_by_classification()
         super().on_epoch_end()
@@ -541,7 +569,13 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         ids = sorted(probs)
         folder = os.path.join(self.output_folder, "validation")
         summary = write_classification_outputs(folder, ids, np.stack([probs[k] for k in ids]),
-                                               self.metadata.class_names, targets=self.metadata.class_targets(ids))
+                                               self.metadata.class_names, targets=self.metadata.class_targets(ids),
+                                               prior_ce=self.prior_ce())
+        if (summary.get("head_collapse") or {}).get("collapsed"):
+            self.print_to_log_file(
+                f"WARNING: the classification head has collapsed on the validation cases (probability spread "
+                f"{summary['head_collapse']['probability_spread']:.4f}): recorded in "
+                "validation/summary_classification.json; nnunet-ext predict warns with this model.")
         if summary.get("n_labeled", 1):
             notes = "; ".join(summary.get("notes", []))
             self.print_to_log_file(f"Case-level classification on {len(ids)} validation cases "
