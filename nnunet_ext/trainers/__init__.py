@@ -20,6 +20,7 @@ from nnunet_ext.trainers.stdnet import (
     STDNetTrainer_noTemporal,
     STDNetTrainer_noWeightSharing,
     STDNetTrainer_paperLoss,
+    STDNetTrainer_paperProtocol,
 )
 from nnunet_ext.trainers.texlivernet import (
     TEXLIVERNET_TRAINERS,
@@ -36,5 +37,6 @@ globals().update(_VARIANTS)
 
 __all__ = ["MultiTaskTrainer", "EarlyFusionTrainer", "EarlyFusionTrainer_tabular", "STDNetTrainer",
            "STDNetTrainer_noTemporal", "STDNetTrainer_noWeightSharing", "STDNetTrainer_ConvGRU",
-           "STDNetTrainer_paperLoss", "TexLiverNetTrainer", "TexLiverNetTrainer_noText", "TexLiverNetTrainer_paperLoss",
+           "STDNetTrainer_paperLoss", "STDNetTrainer_paperProtocol", "TexLiverNetTrainer", "TexLiverNetTrainer_noText",
+           "TexLiverNetTrainer_paperLoss",
            "PRODUCT_TRAINERS", "SCHEDULES", *sorted(_VARIANTS)]

@@ -68,7 +68,6 @@ from nnunet_ext.metrics.classification import COLLAPSE_SPREAD, classification_su
 from nnunet_ext.planners.case_settings import make_case_settings
 from nnunet_ext.trainers.logging import CLS_METRIC_KEYS, ensure_log_key, plot_progress, term_key
 from nnunet_ext.trainers.optim import (
-    HybridLRScheduler,
     auxiliary_parameters,
     default_warmup_iterations,
     make_hybrid_optimizer,
@@ -396,7 +395,7 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
             self.network, self.loss = network, seg_loss
 
     def train_step(self, batch: dict) -> dict:
-        if isinstance(self.lr_scheduler, HybridLRScheduler):
+        if hasattr(self.lr_scheduler, "step_iteration"):  # per-iteration warm-up (HybridLRScheduler, cosine)
             self.lr_scheduler.step_iteration(self.current_epoch * self.num_iterations_per_epoch
                                              + self._iteration_in_epoch)
         self._iteration_in_epoch += 1

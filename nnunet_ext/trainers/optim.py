@@ -28,6 +28,8 @@ same, so a checkpoint written by one path resumes on the other.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -240,3 +242,52 @@ def make_hybrid_optimizer(network: nn.Module, sgd_lr: float, sgd_weight_decay: f
     optimizer = HybridSGDAdamW(groups, fused=fused)
     return optimizer, HybridLRScheduler(optimizer, num_epochs, warmup_iterations)
 
+
+class WarmupCosineScheduler:
+    """Linear warm-up over ``warmup_iterations`` updates, then cosine annealing to ``final_fraction`` of the peak by
+    the last of ``total_iterations`` (the STD-Net paper's schedule: 20 warm-up epochs of 500, cosine). Applied per
+    iteration (``step_iteration``, called before each training step); ``step(epoch)``, which nnU-Net calls at each
+    epoch start, only records the epoch. Each group's peak learning rate is its ``initial_lr``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_iterations: int, warmup_iterations: int,
+                 final_fraction: float = 0.0):
+        self.optimizer = optimizer
+        self.total = max(1, int(total_iterations))
+        self.warmup = max(0, min(int(warmup_iterations), self.total - 1))
+        self.final_fraction = float(final_fraction)
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.epoch, self.iteration = 0, 0
+        self._apply()
+
+    def factor(self, iteration: int) -> float:
+        if iteration < self.warmup:
+            return (iteration + 1) / self.warmup
+        progress = min(1.0, (iteration - self.warmup) / max(1, self.total - self.warmup))
+        return self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _apply(self) -> None:
+        f = self.factor(self.iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * f
+
+    def step(self, current_step: int | None = None) -> None:
+        self.epoch = self.epoch + 1 if current_step is None else int(current_step)
+
+    def step_iteration(self, iteration: int) -> None:
+        self.iteration = int(iteration)
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+
+def make_adamw_optimizer(network: nn.Module, lr: float, weight_decay: float, total_iterations: int,
+                         warmup_iterations: int, fused: bool | None = None
+                         ) -> tuple[HybridSGDAdamW, WarmupCosineScheduler]:
+    """AdamW (betas 0.9/0.999) for every parameter with a linear warm-up and cosine annealing: the STD-Net paper's
+    optimiser. One group, in :class:`HybridSGDAdamW` (the same checkpoint layout and fused kernels)."""
+    groups = [{"params": list(network.parameters()), "algorithm": "adamw", "name": "all", "lr": lr,
+               "weight_decay": weight_decay, "betas": (0.9, 0.999), "eps": 1e-8}]
+    optimizer = HybridSGDAdamW(groups, fused=fused)
+    return optimizer, WarmupCosineScheduler(optimizer, total_iterations, warmup_iterations)

@@ -134,8 +134,8 @@ class EnvSeededTrainer:
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         loader = dict(oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
                       pad_sides=None, probabilistic_oversampling=self.probabilistic_oversampling)
-        dl_tr = nnUNetDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, lm,
-                                 transforms=tr_transforms, **loader)
+        dl_tr = self.training_data_loader(dataset_tr, self.batch_size, initial_patch_size, patch_size, lm,
+                                          transforms=tr_transforms, **loader)
         dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, lm,
                                   transforms=val_transforms, **loader)
         n = get_allowed_n_proc_DA()
@@ -160,6 +160,13 @@ class EnvSeededTrainer:
         _ = next(gen_tr)  # start the workers now, as nnU-Net does
         _ = next(gen_val)
         return gen_tr, gen_val
+
+    def training_data_loader(self, *args, **kwargs):
+        """The training batches' loader (nnU-Net's ``nnUNetDataLoader``); a trainer overrides this hook to sample
+        patches differently (e.g. centred on the lesion, :mod:`nnunet_ext.data.sampling`)."""
+        from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+        return nnUNetDataLoader(*args, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_dict(self) -> dict:

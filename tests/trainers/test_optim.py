@@ -205,3 +205,24 @@ def test_unwrap_sees_through_torch_compile():
     net = _stdnet()
     assert unwrap(torch.compile(net)) is net  # OptimizedModule keeps the original as _orig_mod (compiled lazily)
     assert len(auxiliary_parameters(torch.compile(net))) == len(auxiliary_parameters(net)) > 0
+
+
+def test_warmup_cosine_schedule_of_the_stdnet_paper():
+    from nnunet_ext.trainers.optim import WarmupCosineScheduler, make_adamw_optimizer
+
+    net = _stdnet()
+    opt, sched = make_adamw_optimizer(net, 1e-4, 1e-5, total_iterations=500, warmup_iterations=20)
+    assert isinstance(sched, WarmupCosineScheduler) and len(opt.param_groups) == 1
+    group = opt.param_groups[0]
+    assert (group["algorithm"], group["weight_decay"]) == ("adamw", 1e-5)
+    assert sum(p.numel() for p in group["params"]) == sum(p.numel() for p in net.parameters())
+    sched.step_iteration(0)
+    assert group["lr"] == pytest.approx(1e-4 / 20)
+    sched.step_iteration(19)
+    assert group["lr"] == pytest.approx(1e-4)  # peak at the end of the warm-up
+    sched.step_iteration(20 + 240)  # half-way through the cosine
+    assert group["lr"] == pytest.approx(0.5e-4)
+    sched.step(7)  # nnU-Net's per-epoch call does not change the rate
+    assert group["lr"] == pytest.approx(0.5e-4)
+    sched.step_iteration(499)
+    assert group["lr"] < 1e-8

@@ -194,6 +194,32 @@ def test_trainer_toggles_deep_supervision_and_paper_loss_keeps_its_wrapper(datas
     assert tr.network.decoder.deep_supervision is True
 
 
+def test_paper_protocol_trainer_uses_adamw_cosine_half_cls_weight_and_lesion_centred_patches(dataset, monkeypatch):
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from nnunet_ext.data.sampling import LesionCentredDataLoader
+    from nnunet_ext.trainers.optim import WarmupCosineScheduler
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    tr = get_trainer_from_args(str(DATASET), "3d_fullres", 0, "STDNetTrainer_paperProtocol_smoke", TINY_PLANS,
+                               device=torch.device("cpu"))
+    tr.initialize()
+    assert tr.loss_weights == {"seg": 1.0, "cls": 0.5}
+    assert isinstance(tr.lr_scheduler, WarmupCosineScheduler)
+    (group,) = tr.optimizer.param_groups
+    assert (group["algorithm"], group["initial_lr"], group["weight_decay"]) == ("adamw", 1e-4, 1e-5)
+    total = tr.num_epochs * tr.num_iterations_per_epoch
+    assert (tr.lr_scheduler.total, tr.lr_scheduler.warmup) == (total, round(total * 20 / 500))
+    assert tr.oversample_foreground_percent == 1.0
+    dl_tr, _ = tr.get_dataloaders()
+    loader = getattr(dl_tr, "data_loader", dl_tr)
+    assert isinstance(loader, LesionCentredDataLoader) and loader.lesion_labels == (2,)
+    for _ in range(3):  # every patch of every case with a lesion shows the lesion
+        batch = next(dl_tr)
+        target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+        assert all((t == 2).any() for t in target)
+
+
 @pytest.mark.parametrize("trainer, hybrid", [("STDNetTrainer_smoke", True), ("STDNetTrainer_nnUNetSGD_smoke", False),
                                              ("STDNetTrainer_headLR1e4_smoke", True)])
 def test_transformer_and_head_train_with_adamw_and_the_unet_with_nnunet_sgd(dataset, trainer, hybrid, monkeypatch):
@@ -277,6 +303,7 @@ def _attention_and_check(dataset, inp: Path, out: Path) -> None:
     ("STDNetTrainer_noWeightSharing_smoke", TINY_PLANS),
     ("STDNetTrainer_ConvGRU_smoke", TINY_PLANS),
     ("STDNetTrainer_paperLoss_smoke", TINY_PLANS),
+    ("STDNetTrainer_paperProtocol_smoke", TINY_PLANS),
 ])
 def test_ablation_and_loss_trainers_train_and_predict(dataset, single_cpu, tmp_path, trainer, plans):
     from nnunet_ext.trainers.run import train
