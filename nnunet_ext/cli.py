@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "nnunet_ext.cli",  # the core commands below
     "nnunet_ext.conversion.cli",
     "nnunet_ext.evaluation.cli",
+    "nnunet_ext.planners.pretraining",  # pretrain-plans
+    "nnunet_ext.trainers.pretraining",  # expand-pretrained
     "nnunet_ext.demo",
 )
 
@@ -32,7 +34,8 @@ class CommandError(NnunetExtError, ValueError):
 
 # the nnU-Net folder a subcommand's -d must exist in (benchmark resolves its own -d)
 DATASET_ROOTS = {"validate": "nnUNet_raw", "plan-and-preprocess": "nnUNet_raw", "train": "nnUNet_preprocessed",
-                 "predict": "nnUNet_results", "robustness": "nnUNet_results", "attention": "nnUNet_results"}
+                 "predict": "nnUNet_results", "robustness": "nnUNet_results", "attention": "nnUNet_results",
+                 "pretrain-plans": "nnUNet_preprocessed", "expand-pretrained": "nnUNet_preprocessed"}
 _ROOT_FIX = {
     "nnUNet_raw": "Fix: check the id (the dataset must be a folder nnUNet_raw/DatasetXXX_Name with dataset.json, "
                   "imagesTr and labelsTr; `nnunet-ext convert` writes one) and the nnUNet_raw variable.",

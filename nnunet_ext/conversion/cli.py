@@ -13,6 +13,7 @@ CONVERTER_MODULES = (
     "nnunet_ext.conversion.dicom_multiphase",
     "nnunet_ext.conversion.ircadb",
     "nnunet_ext.conversion.mri_classification",
+    "nnunet_ext.conversion.reference_phase",
 )
 
 

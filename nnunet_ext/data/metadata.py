@@ -233,6 +233,16 @@ def _fmt_ids(ids: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
 
 
+def phase_layout(dataset_json: Mapping, metadata: DatasetMetadata | None = None) -> tuple[list[str], int]:
+    """(phase names in channel order, index of the reference phase). From the ``phases`` block when there is one;
+    otherwise every channel is a phase and the reference is the first channel named like portal venous
+    (:data:`DEFAULT_REFERENCE_PHASES`), else channel 0."""
+    if metadata is not None and metadata.phases:
+        return list(metadata.phases), int(metadata.reference_phase_index)
+    names = [str(dataset_json["channel_names"][k]) for k in sorted(dataset_json["channel_names"], key=int)]
+    return names, next((i for i, p in enumerate(names) if p.lower() in DEFAULT_REFERENCE_PHASES), 0)
+
+
 def _channel_names(dataset_json: Mapping) -> list[str]:
     """The channel names in channel order; keys that are not the channel indices 0..N-1 raise a
     :class:`MetadataError` (nnU-Net maps the keys to the files' _XXXX suffixes)."""

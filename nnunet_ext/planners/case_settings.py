@@ -13,15 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from nnunet_ext.data.lesion import lesion_labels
-from nnunet_ext.data.metadata import DEFAULT_REFERENCE_PHASES, DatasetMetadata
+from nnunet_ext.data.metadata import DatasetMetadata, phase_layout
 
 # non-linearity of the classification heads (see architectures.blocks.heads.ClassificationHead)
 HEAD_ACTIVATION = "leaky_relu"
-
-
-def channel_names(dataset_json: Mapping) -> list[str]:
-    ch = dataset_json["channel_names"]
-    return [str(ch[k]) for k in sorted(ch, key=int)]
 
 
 def make_case_settings(dataset_json: Mapping, metadata: DatasetMetadata | None = None,
@@ -37,12 +32,7 @@ def make_case_settings(dataset_json: Mapping, metadata: DatasetMetadata | None =
     """
     if metadata is None:
         metadata = DatasetMetadata.from_dataset_json(dataset_json)
-    names = channel_names(dataset_json)
-    if metadata is not None and metadata.phases:
-        phases, reference = list(metadata.phases), metadata.reference_phase_index
-    else:
-        phases = names
-        reference = next((i for i, p in enumerate(phases) if p.lower() in DEFAULT_REFERENCE_PHASES), 0)
+    phases, reference = phase_layout(dataset_json, metadata)
     has_cls = metadata is not None and metadata.has_classification
     lesion = lesion_labels(dataset_json["labels"], metadata.lesion_labels if metadata is not None else None)
     return {
