@@ -15,7 +15,8 @@ REAL_DATA = REPO.parent / "shared" / "data" / "real"
 
 # dataset-id ranges per test area, so parallel-developed tests never collide in the shared nnU-Net folders
 DATASET_IDS = {"foundation": range(900, 920), "conversion": range(920, 950), "synthetic": range(950, 970),
-               "evaluation": range(970, 990), "stdnet": range(990, 1000), "examples": range(880, 900)}
+               "evaluation": range(970, 990), "stdnet": range(990, 1000), "examples": range(880, 900),
+               "desamba": range(860, 880)}
 
 # Files that take minutes on the 2-core CI machine, longest first. `make test` runs the suite on two pytest-xdist
 # workers, one file per work unit, in collection order (`-n 2 --dist loadfile --no-loadscope-reorder`); collecting

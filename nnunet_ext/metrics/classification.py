@@ -1,4 +1,5 @@
-"""Case-level classification metrics (accuracy, one-vs-rest AUC, weighted P/R/F1, top-k, confusion matrix).
+"""Case-level classification metrics (accuracy, one-vs-rest AUC, weighted P/R/F1, per-class sensitivity, specificity
+and F1, macro F1, top-k, confusion matrix).
 
 Thin, documented wrappers over scikit-learn so that every number in a report comes from one place, plus the
 vectorised bootstrap of accuracy and macro AUC used by ``nnunet-ext benchmark``/``robustness`` (the same macro rule,
@@ -28,6 +29,23 @@ def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
     k = min(k, probs.shape[1])
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return float(np.mean([y in row for y, row in zip(y_true, top)]))
+
+
+def per_class_rates(y_true: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, list[float]]:
+    """One-vs-rest rates of each class from the predicted (argmax) classes: ``sensitivity`` TP / (TP + FN) (NaN
+    when the class is absent), ``specificity`` TN / (TN + FP) (NaN when every case is of that class) and ``f1``
+    2 TP / (2 TP + FP + FN) (NaN when the class is neither present nor predicted)."""
+    cm = confusion_matrix(np.asarray(y_true, dtype=int), np.asarray(pred, dtype=int),
+                          labels=list(range(num_classes))).astype(float)
+    tp = np.diag(cm)
+    fn, fp = cm.sum(1) - tp, cm.sum(0) - tp
+    tn = cm.sum() - tp - fn - fp
+
+    def ratio(num, den):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return [float(v) for v in np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)]
+
+    return {"sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp), "f1": ratio(2 * tp, 2 * tp + fp + fn)}
 
 
 def macro_auc(aucs) -> np.ndarray | float:
@@ -90,7 +108,9 @@ def classification_summary(y_true: Sequence[int], probs: np.ndarray, class_names
 
     ``auc_ovr_macro`` is the mean of the per-class one-vs-rest AUCs over the classes present (NaN when fewer than
     two classes are present). For two classes it equals the AUC of class 1. Precision/recall/F1 are support-weighted;
-    a class that is never predicted contributes precision 0.
+    a class that is never predicted contributes precision 0. Per class (one-vs-rest, from the argmax):
+    sensitivity, specificity and F1 (:func:`per_class_rates`; NaN where undefined); ``f1_macro`` is the mean of the
+    defined per-class F1 values.
     """
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(probs, dtype=float)
@@ -100,6 +120,8 @@ def classification_summary(y_true: Sequence[int], probs: np.ndarray, class_names
     macro = macro_auc(aucs) if k >= 2 else math.nan
     prec, rec, f1, _ = precision_recall_fscore_support(y, pred, labels=list(range(k)), average="weighted",
                                                        zero_division=0)
+    rates = per_class_rates(y, pred, k)
+    defined_f1 = [v for v in rates["f1"] if math.isfinite(v)]
     return {
         "n_cases": int(len(y)),
         "accuracy": float(np.mean(pred == y)) if len(y) else math.nan,
@@ -108,6 +130,10 @@ def classification_summary(y_true: Sequence[int], probs: np.ndarray, class_names
         "precision_weighted": float(prec),
         "recall_weighted": float(rec),
         "f1_weighted": float(f1),
+        "f1_macro": float(np.mean(defined_f1)) if defined_f1 else math.nan,
+        "sensitivity_per_class": dict(zip(class_names, rates["sensitivity"])),
+        "specificity_per_class": dict(zip(class_names, rates["specificity"])),
+        "f1_per_class": dict(zip(class_names, rates["f1"])),
         "top_k_accuracy": {str(j): top_k_accuracy(y, p, j) for j in range(1, k + 1)},
         "confusion_matrix": confusion_matrix(y, pred, labels=list(range(k))).tolist(),
         "class_names": list(class_names),

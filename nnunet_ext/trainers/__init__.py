@@ -10,6 +10,16 @@ from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_ext.trainers.desamba import (
+    DESAMBA_TRAINERS,
+    DeSambaTrainer,
+    DeSambaTrainer_noCrossRecon,
+    DeSambaTrainer_noDRLM,
+    DeSambaTrainer_noMambaOut,
+    DeSambaTrainer_noSelfRecon,
+    DeSambaTrainer_noSpectral,
+    DeSambaTrainer_noTabular,
+)
 from nnunet_ext.trainers.early_fusion import EarlyFusionTrainer, EarlyFusionTrainer_tabular
 from nnunet_ext.trainers.multitask import MultiTaskTrainer
 from nnunet_ext.trainers.schedules import SCHEDULES, schedule_variants
@@ -29,7 +39,8 @@ from nnunet_ext.trainers.texlivernet import (
     TexLiverNetTrainer_paperLoss,
 )
 
-PRODUCT_TRAINERS = (EarlyFusionTrainer, EarlyFusionTrainer_tabular, *STDNET_TRAINERS, *TEXLIVERNET_TRAINERS)
+PRODUCT_TRAINERS = (EarlyFusionTrainer, EarlyFusionTrainer_tabular, *STDNET_TRAINERS, *TEXLIVERNET_TRAINERS,
+                    *DESAMBA_TRAINERS)
 _VARIANTS = {**schedule_variants(*PRODUCT_TRAINERS),
              # nnU-Net ships nnUNetTrainer_250epochs itself: only the short schedules for the vanilla reference
              **schedule_variants(nnUNetTrainer, schedules=[s for s in SCHEDULES if not s.endswith("epochs")])}
@@ -38,5 +49,7 @@ globals().update(_VARIANTS)
 __all__ = ["MultiTaskTrainer", "EarlyFusionTrainer", "EarlyFusionTrainer_tabular", "STDNetTrainer",
            "STDNetTrainer_noTemporal", "STDNetTrainer_noWeightSharing", "STDNetTrainer_ConvGRU",
            "STDNetTrainer_paperLoss", "STDNetTrainer_paperProtocol", "TexLiverNetTrainer", "TexLiverNetTrainer_noText",
-           "TexLiverNetTrainer_paperLoss",
+           "TexLiverNetTrainer_paperLoss", "DeSambaTrainer", "DeSambaTrainer_noDRLM", "DeSambaTrainer_noSpectral",
+           "DeSambaTrainer_noMambaOut", "DeSambaTrainer_noTabular", "DeSambaTrainer_noSelfRecon",
+           "DeSambaTrainer_noCrossRecon",
            "PRODUCT_TRAINERS", "SCHEDULES", *sorted(_VARIANTS)]

@@ -92,3 +92,25 @@ def test_benchmark_classification_summary_uses_delong_per_class_and_holm():
     assert out["same"]["delong"][0].p_value == 1.0 and out["same"]["p_mcnemar"] == 1.0
     raw = [out[m]["vs_reference"]["auc_ovr_macro"].p_value for m in ("worse", "same")]
     assert [out[m]["p_holm"]["auc_ovr_macro"] for m in ("worse", "same")] == pytest.approx(st.holm(raw))
+
+
+def test_per_class_sensitivity_specificity_and_f1():
+    """Per-class one-vs-rest rates against scikit-learn and by hand; NaN where a rate is undefined (JSON null)."""
+    from sklearn.metrics import recall_score
+
+    y, p = _data(seed=3)
+    s = classification_summary(y, p, NAMES)
+    pred = p.argmax(1)
+    f1 = f1_score(y, pred, average=None, labels=[0, 1, 2])
+    for c, name in enumerate(NAMES):
+        assert s["sensitivity_per_class"][name] == pytest.approx(recall_score(y == c, pred == c))
+        assert s["specificity_per_class"][name] == pytest.approx(recall_score(y != c, pred != c))
+        assert s["f1_per_class"][name] == pytest.approx(f1[c])
+    assert s["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"))
+    # class "c" absent and never predicted: its sensitivity and F1 are undefined, its specificity is 1
+    y2 = np.array([0, 0, 1, 1])
+    p2 = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.1, 0.9, 0.0], [0.3, 0.7, 0.0]])
+    s2 = classification_summary(y2, p2, NAMES)
+    assert s2["sensitivity_per_class"] == pytest.approx({"a": 0.5, "b": 1.0, "c": math.nan}, nan_ok=True)
+    assert s2["specificity_per_class"] == pytest.approx({"a": 1.0, "b": 0.5, "c": 1.0})
+    assert math.isnan(s2["f1_per_class"]["c"]) and s2["f1_macro"] == pytest.approx((2 / 3 + 0.8) / 2)
