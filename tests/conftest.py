@@ -25,7 +25,8 @@ DATASET_IDS = {"foundation": range(900, 920), "conversion": range(920, 950), "sy
 # from the one-thread change).
 LONGEST_FILES = ("test_stock_roundtrip.py", "examples/test_examples.py", "trainers/test_stdnet_trainers.py",
                  "trainers/test_seeding.py", "trainers/test_ddp.py",
-                 "evaluation/test_cli_end_to_end.py", "planners/test_stdnet_planner.py")
+                 "evaluation/test_cli_end_to_end.py", "planners/test_stdnet_planner.py", "trainers/test_pretraining.py",
+                 "trainers/test_desamba_trainers.py", "benchmarks/test_stdnet_learning_check.py")
 
 # under pytest-xdist each of the two workers gets one core: one torch thread in the worker and in its subprocesses
 XDIST_WORKER = "PYTEST_XDIST_WORKER" in os.environ
