@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[text,dicom,test]'
+	$(PY) -m pip install -q -e '.[text,dicom,gradcam,test]'
 	touch $(STAMP)
 
 # two pytest-xdist workers on the 2-core machine, one test file per work unit, the longest files first

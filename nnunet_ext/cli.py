@@ -35,6 +35,7 @@ class CommandError(NnunetExtError, ValueError):
 # the nnU-Net folder a subcommand's -d must exist in (benchmark resolves its own -d)
 DATASET_ROOTS = {"validate": "nnUNet_raw", "plan-and-preprocess": "nnUNet_raw", "train": "nnUNet_preprocessed",
                  "predict": "nnUNet_results", "robustness": "nnUNet_results", "attention": "nnUNet_results",
+                 "gradcam": "nnUNet_results",
                  "pretrain-plans": "nnUNet_preprocessed", "expand-pretrained": "nnUNet_preprocessed"}
 _ROOT_FIX = {
     "nnUNet_raw": "Fix: check the id (the dataset must be a folder nnUNet_raw/DatasetXXX_Name with dataset.json, "
@@ -309,6 +310,15 @@ def _attention(args) -> None:
     print(f"Attention over phases of {len(rows)} lesion(s) written to {args.o}")
 
 
+def _gradcam(args) -> None:
+    from nnunet_ext.inference.gradcam import gradcam
+
+    model, folds = _model_and_folds(args)
+    rows = gradcam(args.i, args.o, model, folds, args.chk, args.step_size, args.device, tabular=args.tabular,
+                   target_class=args.target_class, plot=not args.no_plot, trust_checkpoint=args.trust_checkpoint)
+    print(f"Grad-CAM maps of {len(rows)} case(s) written to {args.o}")
+
+
 def _default_device() -> str:
     import torch
 
@@ -417,6 +427,19 @@ def add_parser(sub) -> None:
                    "preprocessed grid (CASE_phase_attention.npz)")
     p.add_argument("--no_plot", action="store_true", help="no per-case bar plot")
     p.set_defaults(func=_attention, parser=p)
+
+    p = sub.add_parser("gradcam", help="Grad-CAM of DeSamba's case class per case and sequence (images on the input "
+                                       "grid, PNG overlays; needs the gradcam extra)")
+    _add_model_input_args(p, "DeSambaTrainer", "DeSambaPlans")
+    p.add_argument("-device", default=_default_device())
+    p.add_argument("--tabular", default=None, help="per-case clinical features for models that consume them: CSV "
+                                                   "with case_id and one column per feature, or JSON {case_id: "
+                                                   "[values]}")
+    p.add_argument("--target-class", dest="target_class", default="predicted",
+                   help="the class whose logit is explained: a class name or index (default: each case's predicted "
+                        "class)")
+    p.add_argument("--no_plot", action="store_true", help="no per-case PNG overlay")
+    p.set_defaults(func=_gradcam, parser=p)
 
 
 def build_parser() -> argparse.ArgumentParser:

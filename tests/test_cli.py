@@ -12,7 +12,8 @@ from nnunet_ext.data.fixtures import make_tiny_multiphase_dataset
 
 def test_core_subcommands_registered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert {"trainer-path", "validate", "plan-and-preprocess", "train", "predict", "attention"} <= set(sub.choices)
+    assert {"trainer-path", "validate", "plan-and-preprocess", "train", "predict", "attention",
+            "gradcam"} <= set(sub.choices)
 
 
 def test_trainer_path_points_at_the_discovery_shim(capsys):
@@ -54,6 +55,7 @@ def test_validate_refuses_declared_classes_without_labeled_cases(tmp_path, capsy
     (["predict", "-i", "in", "-o", "out", "-d", "999"], "nnUNet_results"),
     (["robustness", "-d", "999", "-i", "in", "-o", "out"], "nnUNet_results"),
     (["attention", "-d", "999", "-i", "in", "-o", "out"], "nnUNet_results"),
+    (["gradcam", "-d", "999", "-i", "in", "-o", "out"], "nnUNet_results"),
 ], ids=lambda v: v[0] if isinstance(v, list) else v)
 def test_unknown_dataset_id_is_a_clean_error(nnunet_dirs, capsys, argv, root):
     assert main(argv) == 2
@@ -70,6 +72,7 @@ def test_unknown_dataset_id_is_a_clean_error(nnunet_dirs, capsys, argv, root):
     (["validate"], "one of the arguments -d --folder is required"),
     (["predict", "-i", "in", "-o", "out"], "give the model: -d DATASET (with -tr/-p/-c) or -m MODEL_FOLDER"),
     (["attention", "-i", "in", "-o", "out"], "give the model: -d DATASET (with -tr/-p/-c) or -m MODEL_FOLDER"),
+    (["gradcam", "-i", "in", "-o", "out"], "give the model: -d DATASET (with -tr/-p/-c) or -m MODEL_FOLDER"),
     (["plan-and-preprocess", "-d", "abc"], "argument -d: 'abc' is not a dataset id"),
     (["train", "900", "3d_fullres", "one"], "argument f: 'one' is not a fold"),
 ])

@@ -121,3 +121,22 @@ def test_texlivernet_ircadb_smoke(tmp_path, isolated_env):
     predicted = sorted(f for f in os.listdir(out["predictions"]) if f.endswith(".nii.gz"))
     assert predicted and all(f.startswith("ref_") for f in predicted)  # the validation slices, with their texts
     assert os.path.isfile(os.path.join(res.output_folder, "report.md"))
+
+
+def test_desamba_mri_smoke(tmp_path, isolated_env):
+    """The user's path: a folder + CSV (written by the script) converted, planned, DeSamba and the early-fusion
+    baseline with clinical features trained, predicted with --tabular, Grad-CAM maps, benchmark report."""
+    out = _load("desamba_mri").main(["--smoke", "-o", str(tmp_path), "-device", "cpu"])
+    conv = out["conversion"]
+    assert len(conv.cases) == 6 and (tmp_path / "user_folder" / "cases.csv").is_file()
+    res = out["benchmark"]
+    assert [m.trainer for m in res.methods] == ["EarlyFusionTrainer_tabular_smoke", "DeSambaTrainer_smoke"]
+    with open(os.path.join(out["predictions"], "classification.csv"), encoding="utf-8") as f:
+        predicted = [r["case_id"] for r in csv.DictReader(f)]
+    assert predicted and all(c.startswith("patient") for c in predicted)  # the first fold's validation cases
+    assert os.path.isfile(os.path.join(res.output_folder, "report.md"))
+    if out["gradcam"] is not None:  # the gradcam extra is installed (make test installs it)
+        for case in predicted:
+            assert os.path.isfile(os.path.join(out["gradcam"], f"{case}_gradcam.png"))
+            assert all(os.path.isfile(os.path.join(out["gradcam"], f"{case}_gradcam_{s}.nii.gz"))
+                       for s in ("T1", "T2", "T2FS"))

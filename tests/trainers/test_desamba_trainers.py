@@ -100,3 +100,37 @@ def test_stock_train_and_predict_with_tabular_features(mri, tmp_path):
     rows = (out / "classification.csv").read_text(encoding="utf-8").strip().splitlines()
     assert len(rows) == 2 and rows[0].startswith("case_id,predicted_class") and rows[1].startswith("mri_001,")
     assert all((out / f"{c}.nii.gz").is_file() for c in cases)
+    _gradcam_and_check(mri["raw"], inp, tabular, tmp_path / "gradcam", metadata["classification"]["class_names"])
+
+
+def _gradcam_and_check(raw: Path, inp: Path, tabular: Path, out: Path, class_names: list[str]) -> None:
+    """``nnunet-ext gradcam --tabular`` (in-process) on the trained model: one map per sequence on the input image's
+    grid and geometry, finite and in [0, 1], a PNG, and a row naming the predicted class; then a given class."""
+    pytest.importorskip("captum", reason="nnunet-ext gradcam needs the gradcam extra")
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunet_ext.cli import main
+
+    common = ["gradcam", "-i", str(inp), "-o", str(out), "-d", str(DATASET), "-tr", TRAINER, "-p", PLANS, "-f", "0",
+              "-device", "cpu", "--tabular", str(tabular)]
+    assert main(common) == 0
+    stored = json.loads((out / "gradcam.json").read_text(encoding="utf-8"))
+    assert stored["sequences"] == ["T1", "T2", "T2FS"] and stored["class_names"] == class_names
+    (row,) = stored["cases"]
+    assert row["case"] == "mri_001" and row["target_source"] == "predicted"
+    assert row["target_class"] == row["predicted_class"] in class_names
+    assert abs(sum(row[f"share_{s}"] for s in stored["sequences"]) - 1) < 1e-3 or row["scale"] == 0
+    assert (out / "mri_001_gradcam.png").stat().st_size > 0 and (out / "gradcam.csv").is_file()
+    for i, seq in enumerate(stored["sequences"]):
+        image = sitk.ReadImage(str(raw / "imagesTr" / f"mri_001_{i:04d}.nii.gz"))
+        cam = sitk.ReadImage(str(out / f"mri_001_gradcam_{seq}.nii.gz"))
+        assert cam.GetSize() == image.GetSize() and cam.GetSpacing() == pytest.approx(image.GetSpacing())
+        assert cam.GetOrigin() == pytest.approx(image.GetOrigin())
+        assert cam.GetDirection() == pytest.approx(image.GetDirection())
+        values = sitk.GetArrayViewFromImage(cam)
+        assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1 + 1e-6
+    other = next(c for c in class_names if c != row["target_class"])
+    assert main([*common, "--target-class", other, "--no_plot"]) == 0
+    (again,) = json.loads((out / "gradcam.json").read_text(encoding="utf-8"))["cases"]
+    assert again["target_class"] == other and again["target_source"] == "given"
