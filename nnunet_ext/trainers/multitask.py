@@ -466,11 +466,16 @@ class MultiTaskTrainer(EnvSeededTrainer, nnUNetTrainer):
         super().on_validation_epoch_end(stripped)
 
     def on_epoch_end(self):
-        get = self.logger.get_value
         e = self.current_epoch
         store = self.logger.local_logger.my_fantastic_logging
+
+        def get(key, step):
+            # NaN for a metric this epoch did not log (a checkpoint written before the key existed, resumed with --c)
+            values = store.get(key, [])
+            return values[step] if step < len(values) else math.nan
+
         terms = [k[len("loss_"):-len("_train")] for k in store if k.startswith("loss_") and k.endswith("_train")]
-        parts = [f"{t} {get(term_key(t, 'train'), e):.4f}/{store.get(term_key(t, 'val'), [math.nan] * (e + 1))[e]:.4f}"
+        parts = [f"{t} {get(term_key(t, 'train'), e):.4f}/{get(term_key(t, 'val'), e):.4f}"
                  for t in terms]
         self.print_to_log_file("loss terms (train/val, unweighted): " + ", ".join(parts))
         if self.settings["num_cls_classes"] and unwrap(self.network).produces_classes():
