@@ -38,3 +38,14 @@ LEARNING_CHECK_BASES = (nnUNetTrainer, EarlyFusionTrainer, STDNetTrainer, STDNet
 LEARNING_CHECK_TRAINERS = {f"{base.__name__}_{name}": with_schedule(base, name, schedule)
                            for base in LEARNING_CHECK_BASES for name, schedule in LEARNING_CHECK_SCHEDULES.items()}
 globals().update(LEARNING_CHECK_TRAINERS)
+
+# DeSamba's learning check (benchmarks/desamba_learning_check.py): the early-fusion comparator with clinical features,
+# DeSamba and its six ablations, on the same schedules. Kept apart from LEARNING_CHECK_BASES (the STD-Net check's).
+from nnunet_ext.trainers.desamba import DESAMBA_TRAINERS  # noqa: E402
+from nnunet_ext.trainers.early_fusion import EarlyFusionTrainer_tabular  # noqa: E402
+
+DESAMBA_LEARNING_CHECK_BASES = (EarlyFusionTrainer_tabular, *DESAMBA_TRAINERS)
+DESAMBA_LEARNING_CHECK_TRAINERS = {f"{base.__name__}_{name}": with_schedule(base, name, schedule)
+                                   for base in DESAMBA_LEARNING_CHECK_BASES
+                                   for name, schedule in LEARNING_CHECK_SCHEDULES.items()}
+globals().update(DESAMBA_LEARNING_CHECK_TRAINERS)
