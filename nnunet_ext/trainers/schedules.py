@@ -27,7 +27,7 @@ class Schedule:
 SCHEDULES: dict[str, Schedule] = {
     "smoke": Schedule(1, 2, 1, mirroring=False),       # CI: a couple of steps, proves the plumbing
     "smoke3": Schedule(3, 4, 1, mirroring=False),      # CI: three short epochs (kill-and-resume tests)
-    "demo": Schedule(4, 12, 4, mirroring=False, progress_bar=True),  # `make demo` on a 2-core CPU
+    "demo": Schedule(30, 20, 3, mirroring=False, progress_bar=True),  # `make demo`: 600 iterations, 2-core CPU
     "cpu240": Schedule(12, 20, 5, mirroring=False, progress_bar=True),  # CPU comparisons: 240 iterations
     # GPU comparisons: 2500 iterations; checkpoints every 10 epochs (paper-size STD-Net checkpoints are ~0.5 GB)
     "gpu2500": Schedule(50, 50, 5, save_every=10),
