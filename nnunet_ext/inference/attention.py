@@ -32,8 +32,6 @@ preprocessed grid (``CASE_phase_attention.npz``: ``attention`` (N, *S) float16, 
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 
 import numpy as np
@@ -42,7 +40,9 @@ import torch.nn.functional as F
 
 from nnunet_ext.architectures.case_binding import unwrap
 from nnunet_ext.architectures.contract import PLANS_KEY, case_settings
+from nnunet_ext.inference import tables
 from nnunet_ext.inference.checks import InputError, check_input_folder, require_finite, torch_device
+from nnunet_ext.inference.tables import require_geometry_writer
 
 CSV_NAME, JSON_NAME = "phase_attention.csv", "phase_attention.json"
 MERGE_KEYS = ("model", "folds", "layer", "phases")  # rows are only merged with rows that agree on these
@@ -179,16 +179,9 @@ def to_input_geometry(maps: np.ndarray, properties: dict, plans_manager, configu
 
 
 def check_map_writer(reader_writer) -> None:
-    """``--save_maps`` writes float images in the input geometry with SimpleITK or nibabel; other readers (TIFF,
-    natural 2D images) carry no geometry to write them in."""
-    from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReorient
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-
-    if not issubclass(reader_writer, (SimpleITKIO, NibabelIO, NibabelIOWithReorient)):
-        raise AttentionError(f"--save_maps writes the attention maps as images in the input geometry, which needs "
-                             f"SimpleITK- or nibabel-readable images; this model reads its images with "
-                             f"{reader_writer.__name__}. Fix: leave --save_maps out (the per-lesion tables and plots "
-                             f"are written either way).")
+    """``--save_maps`` needs a SimpleITK or nibabel reader (the maps are images in the input geometry)."""
+    require_geometry_writer(reader_writer, AttentionError, "With --save_maps the attention maps",
+                            "leave --save_maps out (the per-lesion tables and plots are written either way).")
 
 
 def write_float_image(array: np.ndarray, path: str, properties: dict) -> None:
@@ -282,42 +275,15 @@ def earlier_rows(output_folder: str, meta: dict, done_cases: set[str]) -> list[d
     """Rows of an existing ``phase_attention.json`` for cases not run again (nothing written before for other cases
     is lost). Rows of another model, fold set, layer or phase list are refused rather than mixed: checked before any
     case is run."""
-    path = os.path.join(output_folder, JSON_NAME)
-    if not os.path.isfile(path):
-        return []
-    try:
-        with open(path, encoding="utf-8") as f:
-            stored = json.load(f)
-        old = [r for r in stored["lesions"] if r["case"] not in done_cases]
-    except (ValueError, KeyError, TypeError) as e:
-        raise AttentionError(f"{path} exists but was not written by nnunet-ext attention ({e}). Fix: move it away or "
-                             "choose another output folder (-o).") from e
-    other = {k: stored.get(k) for k in MERGE_KEYS if stored.get(k) != meta.get(k)}
-    if old and other:
-        raise AttentionError(f"{path} holds rows of another run ({', '.join(f'{k}={v!r}' for k, v in other.items())}"
-                             f"; this run: {', '.join(f'{k}={meta.get(k)!r}' for k in other)}). Fix: choose another "
-                             "output folder (-o).")
-    return old
+    return tables.earlier_rows(os.path.join(output_folder, JSON_NAME), "lesions", meta, MERGE_KEYS, done_cases,
+                               AttentionError, "nnunet-ext attention")
 
 
 def write_tables(output_folder: str, rows: list[dict], meta: dict) -> None:
     """``phase_attention.json`` ({"model": ..., "lesions": rows}) and ``phase_attention.csv``, each written to a
     temporary file first and then renamed."""
-    path = os.path.join(output_folder, JSON_NAME)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump({**meta, "lesions": rows}, f, indent=2)
-    os.replace(path + ".tmp", path)
-    columns = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    path = os.path.join(output_folder, CSV_NAME)
-    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, columns)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (" ".join(str(v) for v in r[k]) if isinstance(r.get(k), list) else r.get(k, ""))
-                        for k in columns})
-    os.replace(path + ".tmp", path)
+    tables.write_tables(os.path.join(output_folder, JSON_NAME), os.path.join(output_folder, CSV_NAME), "lesions",
+                        rows, meta)
 
 
 def phase_attention(input_folder: str, output_folder: str, model_folder: str, folds=None,

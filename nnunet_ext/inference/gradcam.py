@@ -33,8 +33,6 @@ cases not run again are kept, rows of another model or fold set are refused).
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections.abc import Callable, Sequence
 
@@ -44,6 +42,7 @@ from torch import nn
 
 from nnunet_ext.architectures.case_binding import unwrap
 from nnunet_ext.architectures.contract import PLANS_KEY
+from nnunet_ext.inference import tables
 from nnunet_ext.inference.attention import to_input_geometry, write_float_image
 from nnunet_ext.inference.checks import InputError, check_input_folder, require_finite, torch_device
 
@@ -196,50 +195,20 @@ def plot_case(path: str, case: str, images: np.ndarray, maps: np.ndarray, sequen
 def earlier_rows(output_folder: str, meta: dict, done_cases: set[str]) -> list[dict]:
     """Rows of an existing ``gradcam.json`` for cases not run again; rows of another model, fold set, sequence or
     class list are refused (checked before any case runs)."""
-    path = os.path.join(output_folder, JSON_NAME)
-    if not os.path.isfile(path):
-        return []
-    try:
-        with open(path, encoding="utf-8") as f:
-            stored = json.load(f)
-        old = [r for r in stored["cases"] if r["case"] not in done_cases]
-    except (ValueError, KeyError, TypeError) as e:
-        raise GradCAMError(f"{path} exists but was not written by nnunet-ext gradcam ({e}). Fix: move it away or "
-                           "choose another output folder (-o).") from e
-    other = [k for k in MERGE_KEYS if stored.get(k) != meta.get(k)]
-    if old and other:
-        raise GradCAMError(f"{path} holds rows of another run ({', '.join(f'{k}={stored.get(k)!r}' for k in other)}; "
-                           f"this run: {', '.join(f'{k}={meta.get(k)!r}' for k in other)}). Fix: choose another "
-                           "output folder (-o).")
-    return old
+    return tables.earlier_rows(os.path.join(output_folder, JSON_NAME), "cases", meta, MERGE_KEYS, done_cases,
+                               GradCAMError, "nnunet-ext gradcam")
 
 
 def write_tables(output_folder: str, rows: list[dict], meta: dict) -> None:
     """``gradcam.json`` ({meta, "cases": rows}) and ``gradcam.csv``, each written to a temporary file, then renamed."""
-    path = os.path.join(output_folder, JSON_NAME)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump({**meta, "cases": rows}, f, indent=2)
-    os.replace(path + ".tmp", path)
-    columns = []
-    for r in rows:
-        columns += [k for k in r if k not in columns and k != "maps"]
-    path = os.path.join(output_folder, CSV_NAME)
-    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(path + ".tmp", path)
+    tables.write_tables(os.path.join(output_folder, JSON_NAME), os.path.join(output_folder, CSV_NAME), "cases", rows,
+                        meta)
 
 
 def check_map_writer(reader_writer) -> None:
     """The maps are written as float images in the input geometry: SimpleITK- or nibabel-read models only."""
-    from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReorient
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-
-    if not issubclass(reader_writer, (SimpleITKIO, NibabelIO, NibabelIOWithReorient)):
-        raise GradCAMError(f"Grad-CAM maps are written as images in the input geometry, which needs SimpleITK- or "
-                           f"nibabel-readable images; this model reads its images with {reader_writer.__name__}. "
-                           "Fix: convert the images to NIfTI and retrain, or use nnunet-ext predict only.")
+    tables.require_geometry_writer(reader_writer, GradCAMError, "Grad-CAM maps",
+                                   "convert the images to NIfTI and retrain, or use nnunet-ext predict only.")
 
 
 def gradcam(input_folder: str, output_folder: str, model_folder: str, folds=None,
