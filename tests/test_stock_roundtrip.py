@@ -86,6 +86,14 @@ def test_stock_train_and_predict(stock_env, tmp_path):
     cls = json.loads((out / "classification.json").read_text(encoding="utf-8"))
     assert set(cls["case_000"]["probabilities"]) == {"washout", "progressive", "nonenhancing"}
 
+    # the robustness command passes every perturbed copy its case's features (here from the dataset.json of -i)
+    rob = tmp_path / "robustness"
+    run([str(BIN / "nnunet-ext"), "robustness", "-m", str(model), "-f", "0", "-i", str(stock_env["raw"]), "--cases",
+         "case_000", "case_001", "case_002", "-o", str(rob), "-device", "cpu", "--disable_tta", "--n-bootstrap",
+         "50"], env)
+    summary = json.loads((rob / "robustness_summary.json").read_text(encoding="utf-8"))
+    assert summary["cases"] == summary["classification_cases"] == ["case_000", "case_001", "case_002"]
+
     stock = tmp_path / "stock"
     run([str(BIN / "nnUNetv2_predict"), "-i", str(stock_env["ts"]), "-o", str(stock), "-d", str(DATASET),
          "-c", "3d_fullres", "-tr", trainer, "-f", "0", "-device", "cpu", "--disable_tta",

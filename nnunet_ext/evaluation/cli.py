@@ -70,7 +70,8 @@ def _robustness(args) -> None:
                              args.max_rotation_deg, args.noise_std, args.repeats, args.seed, args.device,
                              args.fix_reference_phase, args.chk, args.disable_tta, args.n_bootstrap,
                              command_line(args), args.m, args.cases,
-                             trust_checkpoint=True if args.trust_checkpoint else None)
+                             trust_checkpoint=True if args.trust_checkpoint else None, texts=args.texts,
+                             tabular=args.tabular, allow_missing_text=args.allow_missing_text)
     print(f"Robustness of {summary['model_folder']} on {len(summary['cases'])} cases written to {args.o}")
 
 
@@ -135,5 +136,13 @@ def add_parser(sub) -> None:
     p.add_argument("--trust-checkpoint", dest="trust_checkpoint", action="store_true",
                    help="accept a checkpoint that needs unsafe unpickling (it can run code: only for a model folder "
                         "from a trusted source)")
+    p.add_argument("--tabular", default=None,
+                   help="for a model whose network consumes tabular features: CSV/JSON as for nnunet-ext predict "
+                        "(default: the features in -i's dataset.json)")
+    p.add_argument("--texts", default=None,
+                   help="for a model whose network consumes texts: CSV/JSON as for nnunet-ext predict (default: the "
+                        "texts in -i's dataset.json)")
+    p.add_argument("--allow-missing-text", action="store_true",
+                   help="cases without a text use the network's learned 'no text' embedding")
     p.set_defaults(func=_robustness)
     _PARSERS["robustness"] = p

@@ -149,9 +149,12 @@ def resolve_inputs(input_path: str, labels_path: str | None, model_dataset_json:
 # --------------------------------------------------------------------------- prediction
 def predict_in_process(model_folder: str, folds, items: list[tuple[str, list[str]]], output_folder: str,
                        device: str = "cpu", checkpoint_name: str = "checkpoint_final.pth",
-                       disable_tta: bool = False, trust_checkpoint: bool | None = None) -> dict[str, np.ndarray]:
+                       disable_tta: bool = False, trust_checkpoint: bool | None = None,
+                       case_inputs=None) -> dict[str, np.ndarray]:
     """Predict every ``(name, image files)`` item with nnU-Net's predictor, preprocessing in this process; writes
-    ``<output_folder>/<name><ending>`` and returns {name: class probabilities (K,)} (empty without a head)."""
+    ``<output_folder>/<name><ending>`` and returns {name: class probabilities (K,)} (empty without a head).
+    ``case_inputs(predictor)``: the :class:`~nnunet_ext.data.case_inputs.CaseInputs` of the items, for a model
+    whose network consumes tabular features or texts."""
     import torch
 
     from nnunet_ext.inference.predictor import ClassifyingPredictor
@@ -164,10 +167,8 @@ def predict_in_process(model_folder: str, folds, items: list[tuple[str, list[str
                                      verbose_preprocessing=False, allow_tqdm=False,
                                      trust_checkpoint=trust_checkpoint)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
-    if predictor.uses:
-        raise RobustnessError(f"{model_folder}: this model's network consumes case inputs ({list(predictor.uses)}), "
-                              "which the robustness command does not pass yet. Fix: run it on a model without case "
-                              "inputs (e.g. EarlyFusionTrainer instead of EarlyFusionTrainer_tabular).")
+    if case_inputs is not None:
+        predictor.case_inputs = case_inputs(predictor)
     pm, cm, dj = predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
     preprocessor = cm.preprocessor_class(verbose=False)
 
@@ -181,6 +182,34 @@ def predict_in_process(model_folder: str, folds, items: list[tuple[str, list[str
 
     predictor.predict_from_data_iterator(items_iter(), False, 1)
     return dict(predictor.case_probabilities) if predictor.has_classification else {}
+
+
+def item_case_inputs(predictor, inputs: RobustnessInputs, item_cases: dict[str, str], texts: str | None,
+                     tabular: str | None, allow_missing_text: bool, folder: str):
+    """The case inputs of the prediction items (``{item: case}``): every perturbed copy of a case gets that case's
+    tabular features and text. They come from ``--tabular`` / ``--texts`` as in ``nnunet-ext predict``; when a file
+    is not given, from the ``dataset.json`` metadata next to the images, if it has them for every case."""
+    import json
+
+    from nnunet_ext.data.case_inputs import CaseInputs
+    from nnunet_ext.inference.predict import prediction_case_inputs
+
+    uses, md = predictor.uses, inputs.metadata
+    cases = sorted(set(item_cases.values()))
+    if md is not None and all(c in md.cases for c in cases):
+        if "tabular" in uses and tabular is None and md.tabular_features \
+                and all(md.cases[c].tabular is not None for c in cases):
+            tabular = os.path.join(folder, "tabular_from_dataset_json.json")
+            with open(tabular, "w", encoding="utf-8") as f:
+                json.dump({c: dict(zip(md.tabular_features, map(float, md.cases[c].tabular))) for c in cases}, f)
+        if "text" in uses and texts is None and all(md.cases[c].text for c in cases):
+            texts = os.path.join(folder, "texts_from_dataset_json.json")
+            with open(texts, "w", encoding="utf-8") as f:
+                json.dump({c: md.cases[c].text for c in cases}, f)
+    base = prediction_case_inputs(predictor, cases, texts, tabular, allow_missing_text)
+    return CaseInputs(tabular={n: base.tabular[c] for n, c in item_cases.items() if c in base.tabular},
+                      text={n: base.text[c] for n, c in item_cases.items() if c in base.text},
+                      num_tabular=base.num_tabular)
 
 
 def write_perturbed_cases(inputs: RobustnessInputs, folder: str, repeats: int, seed: int, max_shift_mm: float,
@@ -254,7 +283,8 @@ def run_robustness(dataset: str | int | None, trainer: str, input_path: str, out
                    checkpoint_name: str = "checkpoint_final.pth", disable_tta: bool = False,
                    n_boot: int = st.DEFAULT_N_BOOTSTRAP, command: str | None = None,
                    model_folder: str | None = None, cases: list[str] | None = None,
-                   trust_checkpoint: bool | None = None) -> dict:
+                   trust_checkpoint: bool | None = None, texts: str | None = None, tabular: str | None = None,
+                   allow_missing_text: bool = False) -> dict:
     """Run the experiment of the module docstring and write robustness.md, CSVs and robustness.png into
     ``output_folder`` (``cases``: evaluate only these case ids). Returns the summary dict (also saved as
     robustness_summary.json). Checkpoints load through the safe loader; ``trust_checkpoint`` (None: the
@@ -305,8 +335,12 @@ def run_robustness(dataset: str | int | None, trainer: str, input_path: str, out
                                                          noise_std, ref_phase)
         pred_folder = os.path.join(tmp, "predictions")
         os.makedirs(pred_folder)
+        item_cases = {name: case for case in inputs.cases for name in
+                      [f"{case}__unperturbed", *(f"{case}__r{r}" for r in range(repeats))]}
         probs = predict_in_process(model_folder, folds, items, pred_folder, device, checkpoint_name, disable_tta,
-                                   trust_checkpoint)
+                                   trust_checkpoint,
+                                   lambda predictor: item_case_inputs(predictor, inputs, item_cases, texts, tabular,
+                                                                      allow_missing_text, tmp))
         dice_rows = score_predictions(inputs, pred_folder, structures, repeats)
     summary = summarise(dice_rows, probs, inputs, structures, repeats, n_boot, seed)
     summary.update({"provenance": prov, "model_folder": model_folder, "folds": folds,
