@@ -83,6 +83,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     env = use_workspace(cfg.output)
     open(os.path.join(cfg.output, DEMO_MARKER), "a", encoding="utf-8").close()
     cpu_friendly_processes(cfg.device)
+    # the trainings are seeded too (unless nnUNet_ext_seed is already set), so the demo repeats on the same machine
+    from nnunet_ext.trainers.seeding import SEED_ENV
+
+    os.environ.setdefault(SEED_ENV, str(cfg.seed))
     logs = os.path.join(os.path.abspath(cfg.output), "logs")
 
     from nnunet_ext.conversion.synthetic_liver import convert_synthetic_liver
@@ -240,6 +244,7 @@ def add_parser(sub) -> None:
     p.add_argument("--n-train", type=int, default=DemoConfig.n_train)
     p.add_argument("--n-test", type=int, default=DemoConfig.n_test)
     p.add_argument("--shape", type=int, nargs=3, default=list(DemoConfig.shape), metavar=("Z", "Y", "X"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of the trainings "
+                   "(nnUNet_ext_seed, unless already set)")
     p.add_argument("--fresh", action="store_true", help="delete the output folder first")
     p.set_defaults(func=_demo)
