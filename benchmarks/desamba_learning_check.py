@@ -3,14 +3,17 @@
 DeSamba (arXiv 2507.15487; issue 21) classifies vertebral lesions from several MRI sequences and clinical features.
 On synthetic multi-sequence MRI (``nnunet_ext.conversion.synthetic_mri``: T1, T2, T2-FS; three lesion classes set by
 the cross-sequence signal pattern and the lesion texture, not by any single sequence; three clinical features weakly
-associated with the class) the script trains, for every seed and method, fold 0 on the same CPU schedule as the STD-Net
-learning check (``lc600``: 30 epochs x 20 iterations, from ``benchmarks/trainers/learning_check.py``) on 16x32x32
-volumes (6x2x2 mm: the generator's default field of view), seeded with ``nnUNet_ext_seed``:
+associated with the class) the script trains, for every seed and method, fold 0 on one CPU schedule (``lc300``: 15
+epochs x 20 iterations, from ``benchmarks/trainers/learning_check.py``; half the STD-Net check's ``lc600``, because
+eight methods train here) on 16x32x32 volumes (6x2x2 mm: the generator's default field of view), seeded with
+``nnUNet_ext_seed``:
 
 * ``EarlyFusionTrainer_tabular`` (nnUNetPlans): nnU-Net's U-Net on the sequences as channels + a class head that also
   reads the clinical features, the comparator;
 * ``DeSambaTrainer`` (``DeSambaPlansCPU``: ``DeSambaPlannerCPU``, the ``tiny`` preset; not the paper's size) and its
   six ablations ``_noDRLM``, ``_noSpectral``, ``_noMambaOut``, ``_noTabular``, ``_noSelfRecon``, ``_noCrossRecon``.
+  ``tiny`` keeps every component; ``small`` takes 6.6x the U-Net's CPU training step (benchmarks/RESULTS.md,
+  "DeSamba presets"), which puts sixteen trainings far beyond an hour on two cores.
 
 Measured per method and seed: the head's training CE per epoch (``loss_cls_train`` of ``checkpoint_final.pth``) and
 whether the last epoch's is below 0.8 ln K; on a separate held-out test set (other generator seed; predicted with
@@ -18,12 +21,12 @@ whether the last epoch's is below 0.8 ln K; on a separate held-out test set (oth
 bootstrap 95% CIs, the mean lesion ROI Dice (label 1), the spread of the class probabilities across cases and
 whether the head collapsed (:func:`~nnunet_ext.metrics.classification.head_collapse`); the wall time.
 
-    .venv/bin/python benchmarks/desamba_learning_check.py -o /tmp/dlc --threads 1   # 16 trainings, roughly 3 h
+    .venv/bin/python benchmarks/desamba_learning_check.py -o /tmp/dlc --threads 1   # 16 trainings
     .venv/bin/python benchmarks/desamba_learning_check.py -o /tmp/dlc_smoke --smoke   # about 1 min: plumbing only
 
-Not run in full yet, so no figures of it are recorded in benchmarks/RESULTS.md; the 3 h on the 2-core CPU is an
-estimate from the smoke run's epoch times (DeSamba ``tiny``: under 1 s per training iteration of batch 2 at
-16x32x32), not a measurement. The bookkeeping (``Timings``, resumable trainings and predictions, training CE, the
+The seeds can run side by side, one core each (``--seeds 0`` and ``--seeds 1`` with the same ``-o``, after the first
+has written the data; a last run with both seeds collects them). Results and run times: benchmarks/RESULTS.md. The
+bookkeeping (``Timings``, resumable trainings and predictions, training CE, the
 machine record, JSON output) is the STD-Net check's (``benchmarks/stdnet_learning_check.py``), imported from it.
 
 Everything lives under ``-o`` (nnU-Net folders; each seed trains into ``nnUNet_results/seed_<k>``; nnU-Net's prints
@@ -77,7 +80,7 @@ DESAMBA_METHODS = ("DeSambaTrainer", "DeSambaTrainer_noDRLM", "DeSambaTrainer_no
                    "DeSambaTrainer_noCrossRecon")
 DEFAULT_METHODS = (BASELINE, *DESAMBA_METHODS)
 SMOKE_METHODS = (BASELINE, "DeSambaTrainer")
-SCHEDULE, SMOKE_SCHEDULE = "lc600", "lcsmoke"
+SCHEDULE, SMOKE_SCHEDULE = "lc300", "lcsmoke"
 PLANNER, PLANS = "DeSambaPlannerCPU", "DeSambaPlansCPU"
 LESION_LABEL = 1
 

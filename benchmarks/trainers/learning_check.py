@@ -1,9 +1,10 @@
 """Trainers of STD-Net's head learning check (benchmarks/stdnet_learning_check.py), on the check's own CPU schedules.
 
 ``lc600``: 30 epochs x 20 iterations (600 training iterations, the ``demo`` schedule's length), 4 validation
-iterations per epoch, no test-time
-mirroring. ``lcsmoke``: 1 epoch x 2 iterations, for the script's ``--smoke`` mode (plumbing only). Each base of
-:data:`LEARNING_CHECK_BASES` gets both variants as a module-level class (``STDNetTrainer_paperProtocol_lc400``, ...),
+iterations per epoch, no test-time mirroring; ``lc300``: 15 epochs x 20 iterations, otherwise the same (DeSamba's
+check, which trains eight methods). ``lcsmoke``: 1 epoch x 2 iterations, for the script's ``--smoke`` mode
+(plumbing only). Each base of :data:`LEARNING_CHECK_BASES` gets every variant as a module-level class
+(``STDNetTrainer_paperProtocol_lc600``, ...),
 seeded by ``nnUNet_ext_seed`` like every nnunet-ext trainer; ``nnUNetTrainer_<schedule>`` is the vanilla trainer of
 the paper protocol's encoder pre-training. Not part of the product; load with
 
@@ -30,6 +31,7 @@ class STDNetTrainer_paperProtocolNoTemporal(STDNetTrainer_paperProtocol):
 
 LEARNING_CHECK_SCHEDULES = {
     "lc600": Schedule(30, 20, 4, mirroring=False),
+    "lc300": Schedule(15, 20, 4, mirroring=False),  # DeSamba's check: eight methods x two seeds in about an hour
     "lcsmoke": Schedule(1, 2, 1, mirroring=False),
 }
 LEARNING_CHECK_BASES = (nnUNetTrainer, EarlyFusionTrainer, STDNetTrainer, STDNetTrainer_paperProtocol,
