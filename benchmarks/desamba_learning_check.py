@@ -24,10 +24,11 @@ whether the head collapsed (:func:`~nnunet_ext.metrics.classification.head_colla
     .venv/bin/python benchmarks/desamba_learning_check.py -o /tmp/dlc --threads 1   # 16 trainings
     .venv/bin/python benchmarks/desamba_learning_check.py -o /tmp/dlc_smoke --smoke   # about 1 min: plumbing only
 
-The seeds can run side by side, one core each (``--seeds 0`` and ``--seeds 1`` with the same ``-o``, after the first
-has written the data; a last run with both seeds collects them). Results and run times: benchmarks/RESULTS.md. The
-bookkeeping (``Timings``, resumable trainings and predictions, training CE, the
-machine record, JSON output) is the STD-Net check's (``benchmarks/stdnet_learning_check.py``), imported from it.
+The seeds can run side by side, one core each (``--seeds 0`` and ``--seeds 1`` with the same ``-o``, once the first
+has planned and preprocessed: later runs keep that data as it is; a last run with both seeds collects them).
+Results and run times: benchmarks/RESULTS.md. The bookkeeping (``Timings``, resumable trainings and predictions,
+training CE, the machine record, JSON output) is the STD-Net check's (``benchmarks/stdnet_learning_check.py``),
+imported from it.
 
 Everything lives under ``-o`` (nnU-Net folders; each seed trains into ``nnUNet_results/seed_<k>``; nnU-Net's prints
 go to ``logs/``). Writes ``<output>/learning_check.json`` and prints a Markdown table. A rerun with the same ``-o``
@@ -90,6 +91,16 @@ def plans_of(method: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ data
+def preprocessed_already(train_name: str, n_cases: int) -> bool:
+    """Both plans and the vanilla preprocessed data of every training case exist. Planning again would delete and
+    rewrite the files that a run of another seed beside this one is training from."""
+    folder = os.path.join(os.environ["nnUNet_preprocessed"], train_name)
+    data = os.path.join(folder, f"nnUNetPlans_{CONFIGURATION}")
+    return (all(os.path.isfile(os.path.join(folder, f"{plans}.json")) for plans in ("nnUNetPlans", PLANS))
+            and os.path.isfile(os.path.join(folder, "splits_final.json")) and os.path.isdir(data)
+            and sum(f.endswith(".pkl") for f in os.listdir(data)) == n_cases)
+
+
 def drop_texts(folder: str) -> None:
     """Remove the generator's per-case texts from ``dataset.json``: neither method reads them, and planning would
     embed them with a text encoder."""
@@ -284,10 +295,13 @@ def main(argv: list[str] | None = None) -> dict:
            "prior_ce": prior_entropy([r.class_index for r in train_md.cases.values() if r.class_index is not None],
                                      num_classes)}
 
-    stage(f"plan and preprocess: vanilla nnU-Net plans, then {PLANNER} (tiny preset, reuses the vanilla data)")
-    with quiet(os.path.join(logs, "plan.log")):
-        plan_and_preprocess(TRAIN_ID, "ExperimentPlanner", (CONFIGURATION,), num_processes=1)
-        plan_and_preprocess(TRAIN_ID, PLANNER, (CONFIGURATION,), num_processes=1)
+    if preprocessed_already(ctx["train_name"], args.n_train):
+        stage("plan and preprocess: done before, kept as it is (a run beside this one may be reading it)")
+    else:
+        stage(f"plan and preprocess: vanilla nnU-Net plans, then {PLANNER} (tiny preset, reuses the vanilla data)")
+        with quiet(os.path.join(logs, "plan.log")):
+            plan_and_preprocess(TRAIN_ID, "ExperimentPlanner", (CONFIGURATION,), num_processes=1)
+            plan_and_preprocess(TRAIN_ID, PLANNER, (CONFIGURATION,), num_processes=1)
 
     timings = Timings(root)
     runs = []
