@@ -104,14 +104,17 @@ def put_benchmark_trainers_on_search_path() -> None:
 # ------------------------------------------------------------------------------------------------ bookkeeping
 class Timings:
     """Wall seconds of each step, kept in ``<output>/learning_check_timings.json`` so that a rerun that skips a
-    finished training still reports the time it took."""
+    finished training still reports the time it took. The file is read again before every lookup and merged before
+    every write, so that runs of other seeds beside this one (same ``-o``) keep their entries."""
 
     def __init__(self, root: str):
         self.path = os.path.join(root, TIMINGS_FILE)
-        self.data = {}
-        if os.path.isfile(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                self.data = json.load(f)
+
+    def _load(self) -> dict:
+        if not os.path.isfile(self.path):
+            return {}
+        with open(self.path, encoding="utf-8") as f:
+            return json.load(f)
 
     def run(self, key: str, done_before: bool, step) -> float:
         """Run ``step()`` and return its wall seconds, or, when it had nothing to do (``done_before``), the seconds
@@ -120,11 +123,11 @@ class Timings:
         step()
         seconds = time.time() - t0
         if done_before:
-            return float(self.data.get(key, math.nan))
-        self.data[key] = seconds
-        tmp = f"{self.path}.tmp"
+            return float(self._load().get(key, math.nan))
+        data = {**self._load(), key: seconds}
+        tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.data, f, indent=1)
+            json.dump(data, f, indent=1)
         os.replace(tmp, self.path)
         return seconds
 
