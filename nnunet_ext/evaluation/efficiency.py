@@ -169,10 +169,7 @@ def time_inference(model_folder: str, fold: int | str, data: torch.Tensor, devic
     from nnunet_ext.paths import ensure_trainer_path
 
     ensure_trainer_path()
-    predictor = ClassifyingPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                     perform_everything_on_device=device.type == "cuda", device=device,
-                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(model_folder, (fold,), "checkpoint_final.pth")
+    predictor = ClassifyingPredictor.from_model_folder(model_folder, (fold,), "checkpoint_final.pth", device)
     if predictor.binding is not None:  # placeholder case inputs of the declared shapes (the cost does not vary)
         from nnunet_ext.architectures.case_binding import unwrap
 

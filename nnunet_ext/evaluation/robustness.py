@@ -162,11 +162,8 @@ def predict_in_process(model_folder: str, folds, items: list[tuple[str, list[str
 
     ensure_trainer_path()
     dev = torch.device(device)
-    predictor = ClassifyingPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=not disable_tta,
-                                     perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
-                                     verbose_preprocessing=False, allow_tqdm=False,
-                                     trust_checkpoint=trust_checkpoint)
-    predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
+    predictor = ClassifyingPredictor.from_model_folder(model_folder, folds, checkpoint_name, dev,
+                                                       mirroring=not disable_tta, trust_checkpoint=trust_checkpoint)
     if case_inputs is not None:
         predictor.case_inputs = case_inputs(predictor)
     pm, cm, dj = predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json

@@ -301,11 +301,8 @@ def phase_attention(input_folder: str, output_folder: str, model_folder: str, fo
     ending = dataset_json["file_ending"]
     refs = reference_segmentations(reference_folder, cases, ending) if reference_folder else {}
     dev = torch_device(device)
-    predictor = ClassifyingPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=False,
-                                     perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
-                                     verbose_preprocessing=False, allow_tqdm=False,
-                                     trust_checkpoint=trust_checkpoint)
-    predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
+    predictor = ClassifyingPredictor.from_model_folder(model_folder, folds, checkpoint_name, dev, step_size,
+                                                       mirroring=False, trust_checkpoint=trust_checkpoint)
     net = attention_network(predictor).to(dev).eval()
     depth = len(net.temporal.blocks)
     if not -depth <= layer < depth:

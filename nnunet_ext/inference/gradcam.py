@@ -227,11 +227,8 @@ def gradcam(input_folder: str, output_folder: str, model_folder: str, folds=None
     cases = check_input_folder(input_folder, dataset_json)
     ending = dataset_json["file_ending"]
     dev = torch_device(device)
-    predictor = ClassifyingPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=False,
-                                     perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
-                                     verbose_preprocessing=False, allow_tqdm=False,
-                                     trust_checkpoint=trust_checkpoint)
-    predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
+    predictor = ClassifyingPredictor.from_model_folder(model_folder, folds, checkpoint_name, dev, step_size,
+                                                       mirroring=False, trust_checkpoint=trust_checkpoint)
     net = gradcam_network(predictor).to(dev).eval()
     check_map_writer(predictor.plans_manager.image_reader_writer_class)
     class_names = predictor.class_names or [str(i) for i in range(int(predictor.settings["num_cls_classes"]))]

@@ -85,11 +85,9 @@ def _predict_folder(input_folder, output_folder, model_folder, dataset_json, ide
     ensure_trainer_path()  # nnU-Net finds the trainer class of the model by name on this path
     cases = check_input_folder(input_folder, dataset_json)
     dev = torch_device(device)
-    predictor = ClassifyingPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
-                                     perform_everything_on_device=dev.type == "cuda", device=dev, verbose=verbose,
-                                     verbose_preprocessing=verbose, allow_tqdm=True,
-                                     trust_checkpoint=trust_checkpoint)
-    predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
+    predictor = ClassifyingPredictor.from_model_folder(model_folder, folds, checkpoint_name, dev, step_size,
+                                                       mirroring=not disable_tta, verbose=verbose, allow_tqdm=True,
+                                                       trust_checkpoint=trust_checkpoint)
     if predictor.has_classification:
         for line in collapsed_head_warnings(model_folder, folds):
             print(line, file=sys.stderr)

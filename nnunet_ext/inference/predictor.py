@@ -42,6 +42,18 @@ class ClassifyingPredictor(nnUNetPredictor):
         self.binding: CaseBoundNetwork | None = None
 
     # ------------------------------------------------------------------ set-up
+    @classmethod
+    def from_model_folder(cls, model_folder: str, folds, checkpoint_name: str, device: torch.device,
+                          step_size: float = 0.5, mirroring: bool = True, verbose: bool = False,
+                          allow_tqdm: bool = False, trust_checkpoint: bool | None = None) -> ClassifyingPredictor:
+        """The predictor of a trained model folder as every nnunet-ext command builds it: Gaussian-weighted sliding
+        window, everything on the device for CUDA, the folds' weights loaded (through the safe checkpoint loader)."""
+        predictor = cls(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
+                        perform_everything_on_device=device.type == "cuda", device=device, verbose=verbose,
+                        verbose_preprocessing=verbose, allow_tqdm=allow_tqdm, trust_checkpoint=trust_checkpoint)
+        predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
+        return predictor
+
     @property
     def settings(self) -> dict:
         return (self.plans_manager.plans if self.plans_manager is not None else {}).get(PLANS_KEY, {})
