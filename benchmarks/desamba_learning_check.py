@@ -69,6 +69,8 @@ from benchmarks.stdnet_learning_check import (  # noqa: E402
     predictions_current,
     put_benchmark_trainers_on_search_path,
     read_classification,
+    run_seeds,
+    schedule_record,
     train_ce,
     train_fold,
 )
@@ -304,27 +306,15 @@ def main(argv: list[str] | None = None) -> dict:
             plan_and_preprocess(TRAIN_ID, PLANNER, (CONFIGURATION,), num_processes=1)
 
     timings = Timings(root)
-    runs = []
-    saved_seed = os.environ.get("nnUNet_ext_seed")
-    try:
-        for seed in args.seeds:
-            os.environ["nnUNet_results"] = os.path.join(env["nnUNet_results"], f"seed_{seed}")
-            os.makedirs(os.environ["nnUNet_results"], exist_ok=True)
-            os.environ["nnUNet_ext_seed"] = str(seed)
-            stage(f"seed {seed}: train fold 0 ({args.schedule}: {schedule.num_epochs} x "
-                  f"{schedule.iterations_per_epoch} iterations), predict the held-out set: {', '.join(args.methods)}")
-            for method in args.methods:
-                run = run_method(method, seed, args.schedule, ctx, timings)
-                runs.append(run)
-                print(f"    {method} seed {seed}: CE {_f(run['ce_epoch1'])} -> {_f(run['ce_last'])}, held-out "
-                      f"accuracy {_f(run['heldout_accuracy']['estimate'])}, AUC {_f(run['heldout_auc']['estimate'])}"
-                      f", {run['minutes']:.1f} min", file=sys.stderr, flush=True)
-    finally:  # the workspace's variables again (for a caller in this process)
-        os.environ["nnUNet_results"] = env["nnUNet_results"]
-        if saved_seed is None:
-            os.environ.pop("nnUNet_ext_seed", None)
-        else:
-            os.environ["nnUNet_ext_seed"] = saved_seed
+
+    def train_and_predict(method: str, seed: int) -> dict:
+        run = run_method(method, seed, args.schedule, ctx, timings)
+        print(f"    {method} seed {seed}: CE {_f(run['ce_epoch1'])} -> {_f(run['ce_last'])}, held-out accuracy "
+              f"{_f(run['heldout_accuracy']['estimate'])}, AUC {_f(run['heldout_auc']['estimate'])}, "
+              f"{run['minutes']:.1f} min", file=sys.stderr, flush=True)
+        return run
+
+    runs = run_seeds(args, schedule, env, train_and_predict)
 
     result = _jsonable({
         "benchmark": "desamba_learning_check",
@@ -333,10 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {"n_train": args.n_train, "n_test": args.n_test, "shape": list(shape), "spacing": list(spacing),
                    "seeds": args.seeds, "methods": args.methods, "baseline": BASELINE, "fold": 0,
                    "configuration": CONFIGURATION, "device": DEVICE, "desamba_plans": PLANS,
-                   "schedule": {"name": args.schedule, "epochs": schedule.num_epochs,
-                                "iterations_per_epoch": schedule.iterations_per_epoch,
-                                "val_iterations_per_epoch": schedule.val_iterations_per_epoch,
-                                "mirroring": schedule.mirroring},
+                   "schedule": schedule_record(args.schedule, schedule),
                    "num_classes": num_classes, "class_names": train_md.class_names,
                    "tabular_features": train_md.tabular_features,
                    "ce_threshold": CE_FRACTION * math.log(num_classes), "prior_ce": ctx["prior_ce"],

@@ -132,6 +132,37 @@ class Timings:
         return seconds
 
 
+def run_seeds(args: argparse.Namespace, schedule, env: dict, train_and_predict) -> list[dict]:
+    """``train_and_predict(method, seed)`` for every seed and method of ``args``: each seed trains into
+    ``nnUNet_results/seed_<k>`` with ``nnUNet_ext_seed=<k>``; the workspace's variables are restored afterwards (for
+    a caller in this process). Returns the runs in order."""
+    from nnunet_ext.workflows import stage
+
+    runs = []
+    saved_seed = os.environ.get("nnUNet_ext_seed")
+    try:
+        for seed in args.seeds:
+            os.environ["nnUNet_results"] = os.path.join(env["nnUNet_results"], f"seed_{seed}")
+            os.makedirs(os.environ["nnUNet_results"], exist_ok=True)
+            os.environ["nnUNet_ext_seed"] = str(seed)
+            stage(f"seed {seed}: train fold 0 ({args.schedule}: {schedule.num_epochs} x "
+                  f"{schedule.iterations_per_epoch} iterations), predict the held-out set: {', '.join(args.methods)}")
+            runs += [train_and_predict(method, seed) for method in args.methods]
+    finally:
+        os.environ["nnUNet_results"] = env["nnUNet_results"]
+        if saved_seed is None:
+            os.environ.pop("nnUNet_ext_seed", None)
+        else:
+            os.environ["nnUNet_ext_seed"] = saved_seed
+    return runs
+
+
+def schedule_record(name: str, schedule) -> dict:
+    """The schedule as the result JSON records it."""
+    return {"name": name, "epochs": schedule.num_epochs, "iterations_per_epoch": schedule.iterations_per_epoch,
+            "val_iterations_per_epoch": schedule.val_iterations_per_epoch, "mirroring": schedule.mirroring}
+
+
 def finished(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
 
@@ -436,39 +467,23 @@ def main(argv: list[str] | None = None) -> dict:
         ctx["reference_name"] = prepare_pretraining(train_folder, ctx["stdnet_plans"], logs)
 
     timings = Timings(root)
-    runs = []
-    saved_seed = os.environ.get("nnUNet_ext_seed")
-    try:
-        for seed in args.seeds:
-            os.environ["nnUNet_results"] = os.path.join(env["nnUNet_results"], f"seed_{seed}")
-            os.makedirs(os.environ["nnUNet_results"], exist_ok=True)
-            os.environ["nnUNet_ext_seed"] = str(seed)
-            stage(f"seed {seed}: train fold 0 ({args.schedule}: {schedule.num_epochs} x "
-                  f"{schedule.iterations_per_epoch} iterations), predict the held-out set: {', '.join(args.methods)}")
-            for method in args.methods:
-                plans = ctx["stdnet_plans"] if method.startswith("STDNet") else "nnUNetPlans"
-                run = run_method(method, plans, seed, args.schedule, ctx, timings)
-                runs.append(run)
-                print(f"    {method} seed {seed}: CE {_f(run['ce_epoch1'])} -> {_f(run['ce_last'])}, held-out AUC "
-                      f"{_f(run['heldout_auc']['estimate'])}, {run['seconds']['total'] / 60:.1f} min",
-                      file=sys.stderr, flush=True)
-    finally:  # the workspace's variables again (for a caller in this process)
-        os.environ["nnUNet_results"] = env["nnUNet_results"]
-        if saved_seed is None:
-            os.environ.pop("nnUNet_ext_seed", None)
-        else:
-            os.environ["nnUNet_ext_seed"] = saved_seed
 
+    def train_and_predict(method: str, seed: int) -> dict:
+        plans = ctx["stdnet_plans"] if method.startswith("STDNet") else "nnUNetPlans"
+        run = run_method(method, plans, seed, args.schedule, ctx, timings)
+        print(f"    {method} seed {seed}: CE {_f(run['ce_epoch1'])} -> {_f(run['ce_last'])}, held-out AUC "
+              f"{_f(run['heldout_auc']['estimate'])}, {run['seconds']['total'] / 60:.1f} min", file=sys.stderr,
+              flush=True)
+        return run
+
+    runs = run_seeds(args, schedule, env, train_and_predict)
     result = _jsonable({
         "benchmark": "stdnet_learning_check",
         "command": shlex.join([".venv/bin/python", "benchmarks/stdnet_learning_check.py", *argv]),
         "machine": machine(load_at_start), "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "config": {"n_train": args.n_train, "n_test": args.n_test, "shape": list(shape), "seeds": args.seeds,
                    "methods": args.methods, "fold": 0, "configuration": CONFIGURATION, "device": DEVICE,
-                   "schedule": {"name": args.schedule, "epochs": schedule.num_epochs,
-                                "iterations_per_epoch": schedule.iterations_per_epoch,
-                                "val_iterations_per_epoch": schedule.val_iterations_per_epoch,
-                                "mirroring": schedule.mirroring},
+                   "schedule": schedule_record(args.schedule, schedule),
                    "num_classes": num_classes, "class_names": train_md.class_names,
                    "ce_threshold": CE_FRACTION * math.log(num_classes), "prior_ce": ctx["prior_ce"],
                    "datasets": {"train": train_folder, "test": test_folder,
